@@ -1,0 +1,38 @@
+"""The exceptions the reconciler raises for conditions a user can fix."""
+
+from __future__ import annotations
+
+
+class ReconcilerError(Exception):
+    """A known failure, reported to the user without a traceback."""
+
+
+class ManifestError(ReconcilerError):
+    """One or more problems in the manifest files, each with its location."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class ConfigError(ReconcilerError):
+    """A missing or invalid setting: domain, credentials or command-line value."""
+
+
+class ApiError(ReconcilerError):
+    """A request to the Management API failed or returned an unusable answer."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        error_key: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_key = error_key
+
+
+class StateError(ReconcilerError):
+    """The state file cannot be read or written."""
