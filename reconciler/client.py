@@ -1,0 +1,322 @@
+"""HTTP client for the dataset endpoints of the Opendatasoft Management API v2."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import random
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from reconciler import __version__
+from reconciler.errors import ApiError, ConfigError
+
+log = logging.getLogger(__name__)
+
+API_PATH = "/api/management/v2"
+PAGE_SIZE = 100
+DEFAULT_TIMEOUT = 30.0
+GET_ATTEMPTS = 5
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+# The right each kind of request needs, quoted in 403 messages.
+LIST_RIGHT = "edit_dataset"
+PUBLISH_RIGHT = "publish_dataset"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """An API key or a user name and password, and the variables they came from."""
+
+    api_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Credentials:
+        """Read ODS_API_KEY, or ODS_USERNAME and ODS_PASSWORD."""
+        api_key = environ.get("ODS_API_KEY") or None
+        username = environ.get("ODS_USERNAME") or None
+        password = environ.get("ODS_PASSWORD") or None
+        if api_key:
+            return cls(api_key=api_key)
+        if username and password:
+            return cls(username=username, password=password)
+        if username or password:
+            raise ConfigError(
+                "ODS_USERNAME and ODS_PASSWORD must be set together; "
+                "or set ODS_API_KEY instead"
+            )
+        raise ConfigError(
+            "no credentials: set ODS_API_KEY (recommended), "
+            "or ODS_USERNAME and ODS_PASSWORD"
+        )
+
+    @property
+    def source(self) -> str:
+        """Name the environment variables the credentials came from."""
+        if self.api_key:
+            return "the API key in ODS_API_KEY"
+        return f"the account in ODS_USERNAME ({self.username})"
+
+    def secrets(self) -> tuple[str, ...]:
+        """Return the values that must never be shown."""
+        return tuple(s for s in (self.api_key, self.password) if s)
+
+    def __repr__(self) -> str:
+        return f"Credentials(source={self.source!r})"
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether a host name or address designates this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def base_url_for(domain: str) -> str:
+    """Turn a manifest's domain (host or URL) into the Management API base URL."""
+    text = domain.strip().rstrip("/")
+    if "://" not in text:
+        host = urlsplit(f"//{text}").hostname or ""
+        scheme = "http" if is_loopback(host) else "https"
+        text = f"{scheme}://{text}"
+    parts = urlsplit(text)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(f"invalid domain {domain!r}: expected a host or an URL")
+    if parts.username or parts.password:
+        raise ConfigError(
+            f"invalid domain {parts.hostname!r}: credentials do not belong in the "
+            "domain; set ODS_API_KEY or ODS_USERNAME and ODS_PASSWORD"
+        )
+    if parts.scheme == "http" and not is_loopback(host):
+        raise ConfigError(
+            f"invalid domain {domain!r}: HTTPS is required except for loopback hosts"
+        )
+    path = parts.path.rstrip("/")
+    if not path.endswith(API_PATH):
+        path += API_PATH
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def _retry_delay(attempt: int, response: requests.Response | None) -> float:
+    """Wait Retry-After when the server gives it, else back off exponentially."""
+    if response is not None:
+        header = response.headers.get("Retry-After", "")
+        try:
+            return min(max(float(header), 0.0), 60.0)
+        except ValueError:
+            pass
+    return min(0.2 * 2.0**attempt, 10.0) * (0.5 + random.random() / 2)
+
+
+class Client:
+    """Send authenticated requests to one portal, over one shared session."""
+
+    def __init__(
+        self,
+        base_url: str,
+        credentials: Credentials,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        pool_size: int = 10,
+        get_attempts: int = GET_ATTEMPTS,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.domain = urlsplit(self.base_url).netloc
+        self.credentials = credentials
+        self.timeout = timeout
+        self.get_attempts = get_attempts
+        self.session = requests.Session()
+        # Credentials travel in a header only, never in the URL, so that no
+        # server log, proxy or error message built from the URL shows them.
+        self.session.trust_env = False
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=1, pool_maxsize=pool_size
+        )
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["User-Agent"] = f"ods-reconciler/{__version__}"
+        self.session.headers["Accept"] = "application/json"
+        if credentials.api_key:
+            self.session.headers["Authorization"] = f"Apikey {credentials.api_key}"
+        else:
+            self.session.auth = (credentials.username or "", credentials.password or "")
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.session.close()
+
+    def list_datasets(self) -> Iterator[dict[str, Any]]:
+        """Yield every dataset the credentials may edit, a page of 100 at a time."""
+        page = 1
+        seen = 0
+        while True:
+            body = self._get("/datasets", {"rows": PAGE_SIZE, "page": page})
+            items, page_size, total = _listing_page(body)
+            yield from items
+            seen += len(items)
+            if not items or len(items) < page_size:
+                return
+            if total is not None and seen >= total:
+                return
+            page += 1
+
+    def get_status(self, uid: str, *, expand_user: bool = False) -> dict[str, Any]:
+        """Read one dataset's status: published flag, status name, since."""
+        params = {"expand": "user"} if expand_user else None
+        body = self._get(f"/datasets/{uid}/status", params, uid=uid)
+        if not isinstance(body, dict) or "name" not in body:
+            raise ApiError(
+                f"GET /datasets/{uid}/status returned no status name: {body!r:.200}"
+            )
+        return body
+
+    def publish(self, uid: str) -> str | None:
+        """Start publishing a dataset; return the job id."""
+        return self._put_action(uid, "publish")
+
+    def unpublish(self, uid: str) -> str | None:
+        """Start unpublishing a dataset; return the job id."""
+        return self._put_action(uid, "unpublish")
+
+    def abort_processing(self, uid: str) -> str | None:
+        """Abort the processing under way; return the job id when one is given."""
+        return self._put_action(uid, "abort_processing")
+
+    def _put_action(self, uid: str, action: str) -> str | None:
+        path = f"/datasets/{uid}/{action}"
+        response = self._send("PUT", path, None, uid=uid)
+        if response.status_code >= 400:
+            raise self._error("PUT", path, response, uid=uid)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        job_id = body.get("job_id") if isinstance(body, dict) else None
+        if job_id is None and action != "abort_processing":
+            raise ApiError(
+                f"PUT {path}: HTTP {response.status_code} without a job_id: "
+                f"{self._mask(response.text[:200])!r}"
+            )
+        return str(job_id) if job_id is not None else None
+
+    def _get(
+        self, path: str, params: Mapping[str, Any] | None, *, uid: str | None = None
+    ) -> Any:
+        """Send a GET, retrying on connection errors, timeouts, 429 and 5xx."""
+        last_problem = ""
+        for attempt in range(self.get_attempts):
+            response: requests.Response | None = None
+            try:
+                response = self._send("GET", path, params, uid=uid)
+            except ApiError as error:
+                if error.status_code is not None:
+                    raise
+                last_problem = str(error)
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    break
+                last_problem = f"HTTP {response.status_code}"
+            if attempt + 1 < self.get_attempts:
+                delay = _retry_delay(attempt, response)
+                log.info("GET %s: %s, retrying in %.1fs", path, last_problem, delay)
+                time.sleep(delay)
+        else:
+            raise ApiError(
+                f"GET {path} failed after {self.get_attempts} attempts: {last_problem}"
+            )
+        assert response is not None
+        if response.status_code >= 400:
+            raise self._error("GET", path, response, uid=uid)
+        try:
+            return response.json()
+        except ValueError as error:
+            raise ApiError(
+                f"GET {path}: HTTP {response.status_code} answered with invalid JSON"
+            ) from error
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        *,
+        uid: str | None = None,
+    ) -> requests.Response:
+        """Send one request; wrap transport failures in ApiError."""
+        started = time.monotonic()
+        try:
+            response = self.session.request(
+                method, self.base_url + path, params=params, timeout=self.timeout
+            )
+        except requests.RequestException as error:
+            reason = self._mask(f"{type(error).__name__}: {error}")
+            raise ApiError(f"{method} {path}: request failed: {reason}") from None
+        elapsed = time.monotonic() - started
+        log.debug("%s %s -> %d (%.3fs)", method, path, response.status_code, elapsed)
+        return response
+
+    def _error(
+        self, method: str, path: str, response: requests.Response, *, uid: str | None
+    ) -> ApiError:
+        """Build a clear error from the platform's error body."""
+        body = _json_or_none(response)
+        message = body.get("message") if isinstance(body, dict) else None
+        error_key = body.get("error_key") if isinstance(body, dict) else None
+        if not message:
+            message = response.reason or response.text[:200]
+        text = f"{method} {path}: HTTP {response.status_code}: {message}"
+        status = response.status_code
+        if status == 401:
+            text += f"; {self.credentials.source} was rejected by {self.domain}"
+        elif status == 403:
+            right = PUBLISH_RIGHT if uid else LIST_RIGHT
+            text += (
+                f"; {self.credentials.source} lacks the {right} right on {self.domain}"
+            )
+        elif status == 404 and uid:
+            text = f"{text}; dataset {uid} does not exist on {self.domain}"
+        return ApiError(
+            self._mask(text), status_code=status, error_key=str(error_key or "")
+        )
+
+    def _mask(self, text: str) -> str:
+        """Replace any secret the text contains, such as one the server echoed."""
+        for secret in self.credentials.secrets():
+            text = text.replace(secret, "***")
+        return text
+
+
+def _json_or_none(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _listing_page(body: Any) -> tuple[list[dict[str, Any]], int, int | None]:
+    """Return a listing page's items, its page size and the total when given."""
+    if isinstance(body, list):
+        return [i for i in body if isinstance(i, dict)], PAGE_SIZE, None
+    if isinstance(body, dict) and isinstance(body.get("datasets"), list):
+        items = [i for i in body["datasets"] if isinstance(i, dict)]
+        rows = body.get("rows")
+        page_size = (
+            rows if isinstance(rows, int) and 0 < rows <= PAGE_SIZE else PAGE_SIZE
+        )
+        total = body.get("nhits")
+        return items, page_size, total if isinstance(total, int) else None
+    raise ApiError(
+        f"GET /datasets returned neither a list nor a datasets envelope: {body!r:.200}"
+    )

@@ -1,0 +1,138 @@
+"""Read the live state of the manifest's datasets with as few requests as possible.
+
+The listing gives up to 100 datasets a request; the status endpoint one. The
+listing is read in full, and the status endpoint only for the datasets that need
+it: those the listing lacks or describes without status, those out of sync
+(their state is read again just before it is acted on), and those whose last run
+failed (the listing carries no error message).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from reconciler.client import Client
+from reconciler.errors import ApiError
+from reconciler.plan import (
+    FAILED_STATUSES,
+    PUBLISHED,
+    DesiredDataset,
+    Observation,
+    ObservedDataset,
+    Unobservable,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parallel_map(
+    function: Callable[[T], R], values: Iterable[T], parallelism: int
+) -> list[R]:
+    """Apply a function to each value with bounded concurrency, keeping order."""
+    values = list(values)
+    if parallelism <= 1 or len(values) <= 1:
+        return [function(value) for value in values]
+    with ThreadPoolExecutor(max_workers=parallelism) as pool:
+        return list(pool.map(function, values))
+
+
+def observe(
+    client: Client, desired: Sequence[DesiredDataset], *, parallelism: int = 8
+) -> dict[str, Observation]:
+    """Return an observation for each desired dataset, keyed by uid."""
+    wanted = {entry.uid for entry in desired}
+    listed = {
+        item["dataset_uid"]: item
+        for item in client.list_datasets()
+        if item.get("dataset_uid") in wanted
+    }
+    log.info("listing: %d of %d managed datasets found", len(listed), len(wanted))
+
+    observations: dict[str, Observation] = {}
+    to_read: list[str] = []
+    for entry in desired:
+        observed = from_listing(listed.get(entry.uid))
+        if observed is None or needs_status_read(entry, observed):
+            to_read.append(entry.uid)
+        else:
+            observations[entry.uid] = observed
+    log.info("reading the status of %d datasets", len(to_read))
+
+    def read(uid: str) -> Observation:
+        return read_status(client, uid, listed.get(uid))
+
+    for uid, observation in zip(
+        to_read, parallel_map(read, to_read, parallelism), strict=True
+    ):
+        observations[uid] = observation
+    return observations
+
+
+def from_listing(item: dict[str, Any] | None) -> ObservedDataset | None:
+    """Build an observation from a listing item, or None if it lacks a field."""
+    if item is None:
+        return None
+    status = item.get("status")
+    published = _listed_published(item)
+    if not isinstance(status, dict) or not isinstance(status.get("name"), str):
+        return None
+    if published is None:
+        return None
+    return ObservedDataset(
+        uid=item["dataset_uid"],
+        published=published,
+        status=status["name"],
+        dataset_id=_text(item.get("dataset_id")),
+        since=_text(status.get("since")),
+    )
+
+
+def needs_status_read(entry: DesiredDataset, observed: ObservedDataset) -> bool:
+    """Tell whether the listing's view of a dataset is not enough to plan it."""
+    in_sync = observed.published == (entry.state == PUBLISHED)
+    return not in_sync or observed.status in FAILED_STATUSES
+
+
+def read_status(client: Client, uid: str, item: dict[str, Any] | None) -> Observation:
+    """Read one dataset's status; a missing or unreadable dataset is reported."""
+    try:
+        body = client.get_status(uid)
+    except ApiError as error:
+        if error.status_code in (401, 403):
+            raise
+        return Unobservable(uid, error.status_code == 404, str(error))
+    published = body.get("published")
+    if not isinstance(published, bool):
+        return Unobservable(uid, False, f"status of {uid} has no published flag")
+    return ObservedDataset(
+        uid=uid,
+        published=published,
+        status=str(body["name"]),
+        dataset_id=_text(item.get("dataset_id")) if item else None,
+        since=_text(body.get("since")),
+        message=_text(body.get("message")),
+        user=_user_name(body.get("user")),
+    )
+
+
+def _listed_published(item: dict[str, Any]) -> bool | None:
+    metas = item.get("metas")
+    publishing = metas.get("publishing") if isinstance(metas, dict) else None
+    value = publishing.get("published") if isinstance(publishing, dict) else None
+    return value if isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _user_name(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return _text(value.get("username"))
+    return _text(value)

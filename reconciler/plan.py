@@ -1,0 +1,246 @@
+"""Compute the actions that bring observed datasets to their desired state.
+
+The planner is pure: it takes plain values and returns plain values, so that a
+plan can be built, tested and rendered without a portal.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+PUBLISHED = "published"
+UNPUBLISHED = "unpublished"
+
+SETTLED_STATUSES = frozenset({"idle", "error", "limit_reached"})
+BUSY_STATUSES = frozenset({"queued", "processing", "deleting", "aborting_processing"})
+FAILED_STATUSES = frozenset({"error", "limit_reached"})
+
+# Plan item kinds. Only PUBLISH and UNPUBLISH send a request.
+PUBLISH = "publish"
+UNPUBLISH = "unpublish"
+NONE = "none"
+BUSY = "busy"
+NOT_FOUND = "not_found"
+UNREADABLE = "unreadable"
+ACTIONS = (PUBLISH, UNPUBLISH)
+
+UNPUBLISH_NOTE = (
+    "unpublishing removes the records from the search API; "
+    "realtime sources without recovery lose them"
+)
+
+
+@dataclass(frozen=True)
+class DesiredDataset:
+    """What the manifest asks for one dataset."""
+
+    uid: str
+    state: str
+    dataset_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ObservedDataset:
+    """What the portal reports for one dataset."""
+
+    uid: str
+    published: bool
+    status: str
+    dataset_id: str | None = None
+    since: str | None = None
+    message: str | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class Unobservable:
+    """A dataset whose state could not be read: missing or unreadable."""
+
+    uid: str
+    not_found: bool
+    message: str
+
+
+Observation = ObservedDataset | Unobservable
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One dataset's verdict: the action to take or why none is taken."""
+
+    uid: str
+    kind: str
+    desired: str
+    reason: str
+    dataset_id: str | None = None
+    published: bool | None = None
+    status: str | None = None
+    since: str | None = None
+    heading: str | None = None
+    unhealthy: bool = False
+    message: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def is_action(self) -> bool:
+        """Tell whether applying this item sends a request."""
+        return self.kind in ACTIONS
+
+    @property
+    def current(self) -> str | None:
+        """Return the observed state in the manifest's terms."""
+        if self.published is None:
+            return None
+        return PUBLISHED if self.published else UNPUBLISHED
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The items of a run, in manifest order, with the portal they concern."""
+
+    domain: str
+    manifest_digest: str
+    items: tuple[PlanItem, ...] = field(default_factory=tuple)
+
+    @property
+    def actions(self) -> tuple[PlanItem, ...]:
+        """Return the items that send a request when applied."""
+        return tuple(item for item in self.items if item.is_action)
+
+    def counts(self) -> Counter[str]:
+        """Count the items by kind, with unhealthy ones counted apart."""
+        counts: Counter[str] = Counter()
+        for item in self.items:
+            counts["unhealthy" if item.unhealthy else item.kind] += 1
+        return counts
+
+    def summary(self) -> str:
+        """Summarise the plan in one line, such as '2 to publish, 1 unchanged'."""
+        counts = self.counts()
+        parts = [
+            f"{counts[PUBLISH]} to publish",
+            f"{counts[UNPUBLISH]} to unpublish",
+            f"{counts[NONE]} unchanged",
+        ]
+        for kind, label in (
+            ("unhealthy", "unhealthy"),
+            (BUSY, "busy"),
+            (NOT_FOUND, "not found"),
+            (UNREADABLE, "unreadable"),
+        ):
+            if counts[kind]:
+                parts.append(f"{counts[kind]} {label}")
+        return ", ".join(parts)
+
+
+def normalize_status(name: str) -> str:
+    """Map the finer status names seen in messages to the documented ones."""
+    if name.startswith("processing_"):
+        return "processing"
+    if name.startswith("deleting_"):
+        return "deleting"
+    return name
+
+
+def build_plan(
+    domain: str,
+    manifest_digest: str,
+    desired: Iterable[DesiredDataset],
+    observed: Mapping[str, Observation],
+) -> Plan:
+    """Compare each desired dataset with its observation and decide."""
+    items = []
+    for wanted in desired:
+        observation = observed.get(wanted.uid)
+        if observation is None:
+            observation = Unobservable(wanted.uid, False, "no observation was made")
+        items.append(plan_item(wanted, observation))
+    return Plan(domain, manifest_digest, tuple(items))
+
+
+def plan_item(wanted: DesiredDataset, observation: Observation) -> PlanItem:
+    """Decide what to do with one dataset."""
+    if isinstance(observation, Unobservable):
+        return PlanItem(
+            uid=wanted.uid,
+            kind=NOT_FOUND if observation.not_found else UNREADABLE,
+            desired=wanted.state,
+            reason=observation.message,
+            dataset_id=wanted.dataset_id,
+        )
+    status = normalize_status(observation.status)
+    base = PlanItem(
+        uid=wanted.uid,
+        kind=NONE,
+        desired=wanted.state,
+        reason="",
+        dataset_id=observation.dataset_id or wanted.dataset_id,
+        published=observation.published,
+        status=status,
+        since=observation.since,
+        message=observation.message,
+        warnings=_id_warnings(wanted, observation),
+    )
+    if status in BUSY_STATUSES:
+        return _busy_item(base, observation.published)
+    if status not in SETTLED_STATUSES:
+        return replace(base, kind=UNREADABLE, reason=f"unknown status {status!r}")
+    return _settled_item(base, observation.published)
+
+
+def _settled_item(base: PlanItem, published: bool) -> PlanItem:
+    wants_published = base.desired == PUBLISHED
+    failed = base.status in FAILED_STATUSES
+    last_run = f"last run ended in {base.status}: {base.message or 'no message'}"
+    if wants_published and not published:
+        reason = f"{UNPUBLISHED} -> {PUBLISHED}" + (f"; {last_run}" if failed else "")
+        return replace(base, kind=PUBLISH, reason=reason)
+    if not wants_published and published:
+        reason = f"{PUBLISHED} -> {UNPUBLISHED}; {UNPUBLISH_NOTE}"
+        return replace(base, kind=UNPUBLISH, reason=reason)
+    if wants_published and failed:
+        return replace(base, unhealthy=True, reason=f"published, but {last_run}")
+    return replace(base, reason=f"{base.desired}, in sync")
+
+
+def _busy_item(base: PlanItem, published: bool) -> PlanItem:
+    heading = _heading(base.status or "", published)
+    if heading is None:
+        outcome = "outcome unknown"
+    elif heading == base.desired:
+        outcome = f"heads to {heading}, as desired"
+    else:
+        outcome = f"heads to {heading}, not {base.desired}: plan again once it settles"
+    since = f" since {base.since}" if base.since else ""
+    reason = f"{base.status}{since}; {outcome}"
+    return replace(base, kind=BUSY, heading=heading, reason=reason)
+
+
+def _heading(status: str, published: bool) -> str | None:
+    """Guess the state a busy dataset will reach, or None when it cannot be told."""
+    if status == "processing":
+        return PUBLISHED
+    if status == "deleting":
+        return UNPUBLISHED
+    # A queued job on an unpublished dataset can only be a publish; on a
+    # published one it may be a republish or an unpublish.
+    if status == "queued" and not published:
+        return PUBLISHED
+    return None
+
+
+def _id_warnings(
+    wanted: DesiredDataset, observation: ObservedDataset
+) -> tuple[str, ...]:
+    if (
+        wanted.dataset_id is not None
+        and observation.dataset_id is not None
+        and wanted.dataset_id != observation.dataset_id
+    ):
+        return (
+            f"the manifest says id {wanted.dataset_id!r} but the portal reports "
+            f"{observation.dataset_id!r}",
+        )
+    return ()

@@ -1,0 +1,210 @@
+"""The state file: runs made and, per dataset, the last action and its job id.
+
+The file is rewritten atomically after every change, so a run killed at any
+point leaves either the previous version or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from reconciler.errors import StateError
+from reconciler.schemas import load_schema
+
+STATE_VERSION = 1
+MAX_RUNS = 100
+
+# Outcomes of one action on one dataset.
+PENDING = "pending"  # the request is about to be sent, or was sent without answer
+SUBMITTED = "submitted"
+FAILED = "failed"
+
+
+def utc_now() -> str:
+    """Return the current time as an ISO 8601 UTC timestamp."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def default_state_path(manifest_paths: list[Path]) -> Path:
+    """Place the state file beside the manifest: name.state.json for one file."""
+    first = manifest_paths[0]
+    if len(manifest_paths) == 1 and first.is_file():
+        return first.with_name(first.stem + ".state.json")
+    folder = first if first.is_dir() else first.parent
+    return folder / "ods-reconciler.state.json"
+
+
+class StateFile:
+    """The state of one portal's reconciliation, saved after each change."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+        self._lock = threading.Lock()
+        self._run: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, path: Path, domain: str) -> StateFile:
+        """Read the state file, or start a new one if it does not exist."""
+        if not path.exists():
+            return cls(
+                path,
+                {
+                    "version": STATE_VERSION,
+                    "domain": domain,
+                    "runs": [],
+                    "datasets": {},
+                },
+            )
+        data = _read(path)
+        if data.get("domain") != domain:
+            raise StateError(
+                f"{path}: state file of domain {data.get('domain')!r}, not {domain!r}; "
+                "give another --state path for this domain"
+            )
+        return cls(path, data)
+
+    @property
+    def datasets(self) -> dict[str, dict[str, Any]]:
+        """Return the per-dataset records, keyed by uid."""
+        records: dict[str, dict[str, Any]] = self.data["datasets"]
+        return records
+
+    def begin_run(self, command: str, manifest_digest: str, dry_run: bool) -> None:
+        """Record the start of a run and save."""
+        with self._lock:
+            self._run = {
+                "started_at": utc_now(),
+                "finished_at": None,
+                "command": command,
+                "dry_run": dry_run,
+                "manifest_digest": manifest_digest,
+                "domain": self.data["domain"],
+                "outcome": "running",
+                "actions": 0,
+                "failures": 0,
+            }
+            runs: list[dict[str, Any]] = self.data["runs"]
+            runs.append(self._run)
+            del runs[:-MAX_RUNS]
+        self.save()
+
+    def record_intent(self, uid: str, action: str) -> None:
+        """Record that a request is about to be sent, before it is, and save."""
+        with self._lock:
+            self.datasets[uid] = {
+                "action": action,
+                "job_id": None,
+                "requested_at": utc_now(),
+                "outcome": PENDING,
+                "error": None,
+                "observed_after": None,
+            }
+        self.save()
+
+    def record_result(
+        self, uid: str, *, job_id: str | None, error: str | None = None
+    ) -> None:
+        """Record the answer to a request (its job id, or why it failed) and save."""
+        with self._lock:
+            record = self.datasets[uid]
+            record["job_id"] = job_id
+            record["outcome"] = FAILED if error else SUBMITTED
+            record["error"] = error
+            if self._run is not None:
+                self._run["actions" if not error else "failures"] += 1
+        self.save()
+
+    def record_observed(self, uid: str, status: str, published: bool) -> None:
+        """Record the status read after an action; saved with the next save."""
+        with self._lock:
+            record = self.datasets.get(uid)
+            if record is not None:
+                record["observed_after"] = {
+                    "name": status,
+                    "published": published,
+                    "at": utc_now(),
+                }
+
+    def finish_run(self, outcome: str) -> None:
+        """Record the end of the run and its outcome, and save."""
+        with self._lock:
+            if self._run is not None:
+                self._run["finished_at"] = utc_now()
+                self._run["outcome"] = outcome
+        self.save()
+
+    def save(self) -> None:
+        """Write the file atomically: a temporary file renamed over the old one."""
+        with self._lock:
+            text = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
+            _write_atomic(self.path, text)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise StateError(f"{path}: cannot read the state file: {error}") from None
+    except json.JSONDecodeError as error:
+        raise StateError(
+            f"{path}:{error.lineno}:{error.colno}: the state file is not valid JSON "
+            f"({error.msg}); it was left untouched: restore it from the .bak copy "
+            "or version control, or move it away to start afresh"
+        ) from None
+    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        version = data.get("version") if isinstance(data, dict) else None
+        raise StateError(
+            f"{path}: unknown state file version {version!r}, expected "
+            f"{STATE_VERSION}; it was left untouched"
+        )
+    validator = jsonschema.Draft202012Validator(load_schema("state.schema.json"))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        where = "$" + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+        )
+        raise StateError(
+            f"{path}: {where}: {error.message}; the state file was left untouched"
+        )
+    return data
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _keep_backup(path)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _keep_backup(path: Path) -> None:
+    """Keep the current version as path.bak, by a hard link where possible."""
+    if not path.exists():
+        return
+    backup = path.with_name(path.name + ".bak")
+    staging = path.with_name(f".{path.name}.bak.tmp")
+    staging.unlink(missing_ok=True)
+    try:
+        os.link(path, staging)
+    except OSError:
+        shutil.copy2(path, staging)
+    os.replace(staging, backup)
