@@ -13,11 +13,13 @@ import click
 from reconciler import __version__
 from reconciler.apply import ActionResult, apply_plan
 from reconciler.client import Client, Credentials, base_url_for
+from reconciler.demo import demo_command
 from reconciler.errors import ConfigError, ManifestError, ReconcilerError
 from reconciler.manifest import Manifest, load_manifests, manifest_files
-from reconciler.observe import observe
+from reconciler.observe import plan_manifest
 from reconciler.output import render_plan, render_results
-from reconciler.plan import NOT_FOUND, UNREADABLE, DesiredDataset, Plan, build_plan
+from reconciler.plan import NOT_FOUND, UNREADABLE, Plan
+from reconciler.simulator_cli import simulator_command
 from reconciler.state import StateFile, default_state_path
 
 log = logging.getLogger("reconciler")
@@ -69,16 +71,6 @@ def open_target(paths: tuple[str, ...], domain: str | None, parallelism: int) ->
     base_url = resolve_domain(domain, manifest)
     client = Client(base_url, Credentials.from_env(), pool_size=parallelism)
     return Target(manifest, base_url, client)
-
-
-def make_plan(target: Target, parallelism: int) -> Plan:
-    """Read the portal and compare it with the manifest."""
-    desired = [
-        DesiredDataset(entry.uid, entry.state, entry.dataset_id)
-        for entry in target.manifest.datasets
-    ]
-    observed = observe(target.client, desired, parallelism=parallelism)
-    return build_plan(target.domain, target.manifest.digest, desired, observed)
 
 
 def has_unobservable(plan: Plan) -> bool:
@@ -183,7 +175,7 @@ def plan(
 ) -> None:
     """Show what apply would change; sends only GET requests."""
     target = open_target(manifests, domain, parallelism)
-    the_plan = make_plan(target, parallelism)
+    the_plan = plan_manifest(target.client, target.manifest, parallelism=parallelism)
     click.echo(render_plan(the_plan, show_unchanged=show_unchanged))
     if has_unobservable(the_plan):
         sys.exit(EXIT_ERROR)
@@ -215,7 +207,7 @@ def apply(
     target = open_target(manifests, domain, parallelism)
     path = state_path or default_state_path(manifest_files(manifests))
     state = None if dry_run else StateFile.load(path, target.domain)
-    the_plan = make_plan(target, parallelism)
+    the_plan = plan_manifest(target.client, target.manifest, parallelism=parallelism)
     click.echo(render_plan(the_plan, show_unchanged=show_unchanged))
     click.echo()
 
@@ -243,6 +235,10 @@ def report_error(error: ReconcilerError) -> None:
         click.echo(f"Error: {count} problem(s) found in the manifest", err=True)
     else:
         click.echo(f"Error: {error}", err=True)
+
+
+cli.add_command(demo_command)
+cli.add_command(simulator_command)
 
 
 def main() -> None:

@@ -16,13 +16,16 @@ from typing import Any, TypeVar
 
 from reconciler.client import Client
 from reconciler.errors import ApiError
+from reconciler.manifest import Manifest
 from reconciler.plan import (
     FAILED_STATUSES,
     PUBLISHED,
     DesiredDataset,
     Observation,
     ObservedDataset,
+    Plan,
     Unobservable,
+    build_plan,
 )
 
 log = logging.getLogger(__name__)
@@ -136,3 +139,13 @@ def _user_name(value: Any) -> str | None:
     if isinstance(value, dict):
         return _text(value.get("username"))
     return _text(value)
+
+
+def plan_manifest(client: Client, manifest: Manifest, *, parallelism: int = 8) -> Plan:
+    """Read the portal's state of the manifest's datasets and plan them."""
+    desired = [
+        DesiredDataset(entry.uid, entry.state, entry.dataset_id)
+        for entry in manifest.datasets
+    ]
+    observed = observe(client, desired, parallelism=parallelism)
+    return build_plan(client.domain, manifest.digest, desired, observed)

@@ -168,13 +168,13 @@ def _read(path: Path) -> dict[str, Any]:
             f"{STATE_VERSION}; it was left untouched"
         )
     validator = jsonschema.Draft202012Validator(load_schema("state.schema.json"))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-    if error is not None:
+    problem = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if problem is not None:
         where = "$" + "".join(
-            f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.absolute_path
         )
         raise StateError(
-            f"{path}: {where}: {error.message}; the state file was left untouched"
+            f"{path}: {where}: {problem.message}; the state file was left untouched"
         )
     return data
 
