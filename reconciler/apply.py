@@ -9,10 +9,25 @@ from dataclasses import dataclass, replace
 from reconciler.client import Client
 from reconciler.errors import ApiError
 from reconciler.observe import from_listing, parallel_map, read_status
-from reconciler.plan import PUBLISH, ObservedDataset, Plan, PlanItem
+from reconciler.plan import (
+    PUBLISH,
+    ObservedDataset,
+    Plan,
+    PlanItem,
+    Unobservable,
+    normalize_status,
+    state_name,
+)
 from reconciler.state import StateFile
 
 log = logging.getLogger(__name__)
+
+# Outcomes of one plan action.
+SUBMITTED = "submitted"
+FAILED = "failed"
+STALE = "stale"
+ALREADY_APPLIED = "already_applied"
+DRY_RUN = "dry_run"
 
 
 @dataclass(frozen=True)
@@ -21,16 +36,16 @@ class ActionResult:
 
     uid: str
     action: str
+    outcome: str
     job_id: str | None = None
-    error: str | None = None
-    dry_run: bool = False
+    detail: str | None = None
     status_after: str | None = None
     published_after: bool | None = None
 
     @property
     def succeeded(self) -> bool:
-        """Tell whether the request was accepted (or would be, in a dry run)."""
-        return self.error is None
+        """Tell whether the action is done or was accepted by the portal."""
+        return self.outcome in (SUBMITTED, ALREADY_APPLIED, DRY_RUN)
 
 
 def apply_plan(
@@ -40,19 +55,28 @@ def apply_plan(
     *,
     dry_run: bool = False,
     parallelism: int = 8,
+    plan_id: str | None = None,
 ) -> list[ActionResult]:
-    """Send each action of the plan, in plan order; return one result per action."""
+    """Send each action of the plan; return one result per action, in plan order.
+
+    With a plan_id (a saved plan), each dataset is read again first and its
+    action sent only if the dataset is still in the state the plan observed.
+    """
     actions = plan.actions
     if dry_run:
-        return [ActionResult(item.uid, item.kind, dry_run=True) for item in actions]
+        return [ActionResult(item.uid, item.kind, DRY_RUN) for item in actions]
     if state is None:
         raise ValueError("a state file is required unless dry_run is set")
 
     def run(item: PlanItem) -> ActionResult:
-        return send_action(client, state, item)
+        if plan_id is not None:
+            refusal = check_still_planned(client, state, item, plan_id)
+            if refusal is not None:
+                return refusal
+        return send_action(client, state, item, plan_id)
 
     results = parallel_map(run, actions, parallelism)
-    acted = [result.uid for result in results if result.succeeded]
+    acted = [result.uid for result in results if result.outcome == SUBMITTED]
     after = read_after(client, acted, parallelism)
     for uid, (status, published) in after.items():
         state.record_observed(uid, status, published)
@@ -60,19 +84,45 @@ def apply_plan(
     return [_with_status(result, after.get(result.uid)) for result in results]
 
 
-def send_action(client: Client, state: StateFile, item: PlanItem) -> ActionResult:
+def check_still_planned(
+    client: Client, state: StateFile, item: PlanItem, plan_id: str
+) -> ActionResult | None:
+    """Read a dataset again; return why its action must not be sent, if it must not."""
+    observation = read_status(client, item.uid, None)
+    if isinstance(observation, Unobservable):
+        return ActionResult(item.uid, item.kind, FAILED, detail=observation.message)
+    if _unchanged(item, observation):
+        return None
+    record = state.datasets.get(item.uid)
+    if record is not None and record.get("plan_id") == plan_id:
+        return ActionResult(
+            item.uid,
+            item.kind,
+            ALREADY_APPLIED,
+            job_id=record.get("job_id"),
+            detail="sent by an earlier apply of this plan",
+        )
+    was = _describe(item.published, item.status)
+    now = _describe(observation.published, normalize_status(observation.status))
+    detail = f"live state moved since the plan: was {was}, now {now}"
+    return ActionResult(item.uid, item.kind, STALE, detail=detail)
+
+
+def send_action(
+    client: Client, state: StateFile, item: PlanItem, plan_id: str | None = None
+) -> ActionResult:
     """Record the intent, send the request, then record its job id or error."""
-    state.record_intent(item.uid, item.kind)
+    state.record_intent(item.uid, item.kind, plan_id=plan_id)
     send = client.publish if item.kind == PUBLISH else client.unpublish
     try:
         job_id = send(item.uid)
     except ApiError as error:
         log.warning("%s %s failed: %s", item.kind, item.uid, error)
         state.record_result(item.uid, job_id=None, error=str(error))
-        return ActionResult(item.uid, item.kind, error=str(error))
+        return ActionResult(item.uid, item.kind, FAILED, detail=str(error))
     log.info("%s %s: job %s", item.kind, item.uid, job_id)
     state.record_result(item.uid, job_id=job_id)
-    return ActionResult(item.uid, item.kind, job_id=job_id)
+    return ActionResult(item.uid, item.kind, SUBMITTED, job_id=job_id)
 
 
 def read_after(
@@ -98,6 +148,17 @@ def read_after(
         # The actions are done and recorded; the status is only informative.
         log.warning("could not read the status after the actions: %s", error)
     return after
+
+
+def _unchanged(item: PlanItem, observation: ObservedDataset) -> bool:
+    return (
+        observation.published == item.published
+        and normalize_status(observation.status) == item.status
+    )
+
+
+def _describe(published: bool | None, status: str | None) -> str:
+    return f"{state_name(published)} ({status})"
 
 
 def _with_status(result: ActionResult, after: tuple[str, bool] | None) -> ActionResult:

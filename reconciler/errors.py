@@ -36,3 +36,7 @@ class ApiError(ReconcilerError):
 
 class StateError(ReconcilerError):
     """The state file cannot be read or written."""
+
+
+class PlanFileError(ReconcilerError):
+    """A saved plan cannot be read, or was changed after it was made."""

@@ -21,8 +21,10 @@ composing a manifest of 100,000 entries took 360 MB and 8 s of CPU time.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
+import gc
 import hashlib
 import os
 import re
@@ -62,11 +64,13 @@ _TYPED_TAGS: dict[str, Callable[[yaml.ScalarNode], object]] = {
     _TAG_PREFIX + "timestamp": _CONSTRUCTOR.construct_yaml_timestamp,
 }
 
-# Plain scalars that PyYAML (YAML 1.1) reads as strings but YAML 1.2 parsers read
-# as numbers, such as 1e3 or 0o17. The YAML 1.1 numbers never get this far.
+# Plain scalars that PyYAML reads as strings but other parsers do not: YAML 1.2
+# reads 1e3 or 0o17 as numbers, and the YAML 1.1 specification lists y and n as
+# booleans, which PyYAML leaves out. The numbers PyYAML knows never get this far.
 _YAML12_NUMBER = re.compile(
     r"0o[0-7]+|[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
 )
+_YAML11_SHORT_BOOLEANS = {"y": True, "Y": True, "n": False, "N": False}
 # First characters of the plain scalars that YAML 1.1 may read as something else
 # than a string, such as the "o" of "off" or the "~" of null.
 _IMPLICIT_FIRST_CHARACTERS = frozenset(yaml.resolver.Resolver.yaml_implicit_resolvers)
@@ -209,7 +213,8 @@ class _ManifestFile:
         # Source text of the plain scalars that YAML read as something else than a
         # string, such as `off` or `0123`.
         self.typed_scalars: dict[JsonPath, str] = {}
-        # Plain strings that YAML 1.2 would read as numbers, with their positions.
+        # Plain strings that other YAML parsers read as numbers or booleans, with
+        # their positions.
         self.ambiguous_scalars: list[tuple[JsonPath, int, int, str]] = []
         self._stack: list[_Frame] = []
 
@@ -328,7 +333,7 @@ class _ManifestFile:
                 return text
             tag = _resolve_scalar_tag(text, event.implicit)
         if tag in _STRING_TAGS or tag == _MERGE_TAG:
-            if event.tag is None and _YAML12_NUMBER.fullmatch(text):
+            if event.tag is None and _is_ambiguous(text):
                 self.ambiguous_scalars.append((self._next_path(), line, column, text))
             return text
         return self._typed_scalar_value(event, tag, line, column)
@@ -444,20 +449,38 @@ def load_manifests(paths: Sequence[str | os.PathLike[str]]) -> Manifest:
     if not file_paths and not problems:
         raise ManifestError(["no manifest file given"])
 
-    files = [_load_file(path) for path in file_paths]
-    problems += [problem for file in files for problem in file.problems]
-    problems += _duplicate_uid_problems(files)
-    problems += _domain_problems(files)
-    if problems:
-        problems.sort(key=lambda problem: problem[:3])
-        raise ManifestError([str(problem) for problem in problems])
+    with _cycle_collector_paused():
+        files = [_load_file(path) for path in file_paths]
+        problems += [problem for file in files for problem in file.problems]
+        problems += _duplicate_uid_problems(files)
+        problems += _domain_problems(files)
+        if problems:
+            problems.sort(key=lambda problem: problem[:3])
+            raise ManifestError([str(problem) for problem in problems])
 
-    return Manifest(
-        domain=_declared_domain(files),
-        datasets=tuple(entry for file in files for entry in _dataset_entries(file)),
-        paths=tuple(file.path for file in files),
-        digest=_combined_digest(files),
-    )
+        return Manifest(
+            domain=_declared_domain(files),
+            datasets=tuple(entry for file in files for entry in _dataset_entries(file)),
+            paths=tuple(file.path for file in files),
+            digest=_combined_digest(files),
+        )
+
+
+@contextlib.contextmanager
+def _cycle_collector_paused() -> Iterator[None]:
+    """Pause Python's cycle collector, and restart it after if it was running.
+
+    Loading 100,000 entries creates some 300,000 containers that form no cycles,
+    and the collector traversed them over and over: 15% of the load time, measured
+    with Python 3.11 on 100,000 entries.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _combined_digest(files: list[_ManifestFile]) -> str:
@@ -656,7 +679,8 @@ def _schema_problems(file: _ManifestFile) -> list[_Problem]:
 def _error_problems(
     file: _ManifestFile, parts: JsonPath, error: ValidationError
 ) -> list[_Problem]:
-    instance = error.instance
+    # The validator may have seen a copy of the root with fewer datasets.
+    instance = file.value_at(parts)
     expected = cast(Any, error.validator_value)
     if error.validator == "additionalProperties":
         return _unknown_key_problems(file, parts, instance, error.schema)
@@ -779,12 +803,22 @@ def _ambiguous_scalar_problems(file: _ManifestFile) -> list[_Problem]:
         if where in reported or file.is_rejected(parts):
             continue
         message = (
-            f"unquoted {text} is read by YAML 1.2 parsers as "
-            f"{_describe(_yaml12_number(text))}; "
+            f"unquoted {text} is read by {_other_parsers_reading(text)}; "
             f"write '{text}' in quotes so that every parser reads a string"
         )
         problems.append(_Problem(file.path, line, column, where, message))
     return problems
+
+
+def _is_ambiguous(text: str) -> bool:
+    return text in _YAML11_SHORT_BOOLEANS or bool(_YAML12_NUMBER.fullmatch(text))
+
+
+def _other_parsers_reading(text: str) -> str:
+    if text in _YAML11_SHORT_BOOLEANS:
+        value = _YAML11_SHORT_BOOLEANS[text]
+        return f"some YAML 1.1 parsers as {_describe(value)}"
+    return f"YAML 1.2 parsers as {_describe(_yaml12_number(text))}"
 
 
 def _yaml12_number(text: str) -> int | float:

@@ -10,8 +10,9 @@ failed (the listing carries no error message).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from reconciler.client import Client
@@ -24,6 +25,7 @@ from reconciler.plan import (
     Observation,
     ObservedDataset,
     Plan,
+    UnmanagedDataset,
     Unobservable,
     build_plan,
 )
@@ -46,15 +48,28 @@ def parallel_map(
 
 
 def observe(
-    client: Client, desired: Sequence[DesiredDataset], *, parallelism: int = 8
-) -> dict[str, Observation]:
-    """Return an observation for each desired dataset, keyed by uid."""
+    client: Client,
+    desired: Sequence[DesiredDataset],
+    *,
+    managed: Collection[str] = (),
+    parallelism: int = 8,
+    expand_user: bool = False,
+) -> tuple[dict[str, Observation], list[UnmanagedDataset]]:
+    """Observe each desired dataset; also list the datasets no manifest manages.
+
+    `managed` holds every uid of the manifest, including those left out of
+    `desired` by a selection: they are not reported as unmanaged.
+    """
     wanted = {entry.uid for entry in desired}
-    listed = {
-        item["dataset_uid"]: item
-        for item in client.list_datasets()
-        if item.get("dataset_uid") in wanted
-    }
+    managed = wanted.union(managed)
+    listed: dict[str, dict[str, Any]] = {}
+    unmanaged: list[UnmanagedDataset] = []
+    for item in client.list_datasets():
+        uid = item.get("dataset_uid")
+        if uid in wanted:
+            listed[uid] = item
+        elif isinstance(uid, str) and uid not in managed:
+            unmanaged.append(_unmanaged(item, uid))
     log.info("listing: %d of %d managed datasets found", len(listed), len(wanted))
 
     observations: dict[str, Observation] = {}
@@ -68,13 +83,17 @@ def observe(
     log.info("reading the status of %d datasets", len(to_read))
 
     def read(uid: str) -> Observation:
-        return read_status(client, uid, listed.get(uid))
+        return read_status(client, uid, listed.get(uid), expand_user=expand_user)
 
     for uid, observation in zip(
         to_read, parallel_map(read, to_read, parallelism), strict=True
     ):
         observations[uid] = observation
-    return observations
+    return observations, sorted(unmanaged, key=lambda dataset: dataset.uid)
+
+
+def _unmanaged(item: dict[str, Any], uid: str) -> UnmanagedDataset:
+    return UnmanagedDataset(uid, _text(item.get("dataset_id")), _listed_published(item))
 
 
 def from_listing(item: dict[str, Any] | None) -> ObservedDataset | None:
@@ -102,10 +121,16 @@ def needs_status_read(entry: DesiredDataset, observed: ObservedDataset) -> bool:
     return not in_sync or observed.status in FAILED_STATUSES
 
 
-def read_status(client: Client, uid: str, item: dict[str, Any] | None) -> Observation:
+def read_status(
+    client: Client,
+    uid: str,
+    item: dict[str, Any] | None,
+    *,
+    expand_user: bool = False,
+) -> Observation:
     """Read one dataset's status; a missing or unreadable dataset is reported."""
     try:
-        body = client.get_status(uid)
+        body = client.get_status(uid, expand_user=expand_user)
     except ApiError as error:
         if error.status_code in (401, 403):
             raise
@@ -141,11 +166,29 @@ def _user_name(value: Any) -> str | None:
     return _text(value)
 
 
-def plan_manifest(client: Client, manifest: Manifest, *, parallelism: int = 8) -> Plan:
-    """Read the portal's state of the manifest's datasets and plan them."""
+def plan_manifest(
+    client: Client,
+    manifest: Manifest,
+    *,
+    parallelism: int = 8,
+    select: Callable[[str], bool] | None = None,
+    expand_user: bool = False,
+) -> Plan:
+    """Read the portal's state of the manifest's datasets and plan them.
+
+    `select` keeps the uids it returns true for; the others are left alone.
+    """
     desired = [
         DesiredDataset(entry.uid, entry.state, entry.dataset_id)
         for entry in manifest.datasets
+        if select is None or select(entry.uid)
     ]
-    observed = observe(client, desired, parallelism=parallelism)
-    return build_plan(client.domain, manifest.digest, desired, observed)
+    observed, unmanaged = observe(
+        client,
+        desired,
+        managed=[entry.uid for entry in manifest.datasets],
+        parallelism=parallelism,
+        expand_user=expand_user,
+    )
+    plan = build_plan(client.domain, manifest.digest, desired, observed)
+    return replace(plan, base_url=client.base_url, unmanaged=tuple(unmanaged))

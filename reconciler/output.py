@@ -1,11 +1,30 @@
-"""Render plans and apply results for people reading a terminal or a CI log."""
+"""Render plans and apply results as text, for a terminal or a CI log."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
-from reconciler.apply import ActionResult
-from reconciler.plan import BUSY, NONE, NOT_FOUND, PUBLISH, UNPUBLISH, Plan, PlanItem
+import click
+
+from reconciler.apply import (
+    ALREADY_APPLIED,
+    DRY_RUN,
+    FAILED,
+    STALE,
+    SUBMITTED,
+    ActionResult,
+)
+from reconciler.plan import (
+    BUSY,
+    NONE,
+    NOT_FOUND,
+    PUBLISH,
+    UNPUBLISH,
+    Plan,
+    PlanItem,
+    state_name,
+)
 
 LABELS = {
     PUBLISH: "+ publish",
@@ -14,7 +33,20 @@ LABELS = {
     NOT_FOUND: "? not found",
     NONE: "= unchanged",
 }
+COLORS = {
+    PUBLISH: "green",
+    UNPUBLISH: "red",
+    BUSY: "yellow",
+    NOT_FOUND: "magenta",
+    "unhealthy": "magenta",
+}
 LABEL_WIDTH = 13
+RESULT_WORDS = {
+    SUBMITTED: "submitted",
+    FAILED: "failed",
+    STALE: "refused as stale",
+    ALREADY_APPLIED: "already applied",
+}
 
 
 def item_label(item: PlanItem) -> str:
@@ -29,7 +61,13 @@ def item_name(uid: str, dataset_id: str | None) -> str:
     return f"{uid} ({dataset_id})" if dataset_id and dataset_id != uid else uid
 
 
-def render_plan(plan: Plan, *, show_unchanged: bool = False) -> str:
+def render_plan(
+    plan: Plan,
+    *,
+    show_unchanged: bool = False,
+    show_unmanaged: bool = False,
+    color: bool = False,
+) -> str:
     """Render a plan: one line per dataset that needs attention, then a summary."""
     lines = [f"Plan for {plan.domain}: {len(plan.items)} datasets in the manifest"]
     shown = [
@@ -39,48 +77,91 @@ def render_plan(plan: Plan, *, show_unchanged: bool = False) -> str:
     ]
     if shown:
         lines.append("")
-    for item in shown:
-        name = item_name(item.uid, item.dataset_id)
-        lines.append(f"{item_label(item):<{LABEL_WIDTH}} {name}: {item.reason}")
+    lines.extend(_item_line(item, color) for item in shown)
     warnings = [
         f"warning: {item.uid}: {warning}"
         for item in plan.items
         for warning in item.warnings
     ]
     if warnings:
+        lines += ["", *warnings]
+    if show_unmanaged:
+        lines += ["", *unmanaged_lines(plan)]
+    lines += ["", click.style(plan.summary(), bold=True) if color else plan.summary()]
+    return "\n".join(lines)
+
+
+def unmanaged_lines(plan: Plan) -> list[str]:
+    """List the portal's datasets that no manifest declares."""
+    lines = [f"{len(plan.unmanaged)} datasets on the portal are in no manifest:"]
+    for dataset in plan.unmanaged:
+        name = item_name(dataset.uid, dataset.dataset_id)
+        lines.append(f"  {name}: {state_name(dataset.published)}")
+    return lines
+
+
+def render_drift(plan: Plan, *, show_unmanaged: bool = False) -> str:
+    """Render the managed datasets whose live state differs from the manifest."""
+    drifted = [item for item in plan.items if item.is_action]
+    lines = [
+        f"Drift on {plan.domain}: {len(drifted)} of {len(plan.items)} managed "
+        "datasets differ from the manifest"
+    ]
+    if drifted:
         lines.append("")
-        lines.extend(warnings)
-    lines.append("")
-    lines.append(plan.summary())
+    for item in drifted:
+        line = (
+            f"  {item_name(item.uid, item.dataset_id)}: {item.current} on the "
+            f"portal, {item.desired} in the manifest"
+        )
+        if item.since:
+            line += f"; since {item.since}"
+        if item.user:
+            line += f" by {item.user}"
+        lines.append(line)
+    if show_unmanaged:
+        lines += ["", *unmanaged_lines(plan)]
     return "\n".join(lines)
 
 
 def render_results(results: Sequence[ActionResult], domain: str) -> str:
     """Render what apply did, one line per action, then the totals."""
-    dry_run = any(result.dry_run for result in results)
     if not results:
         return f"Nothing to apply to {domain}."
-    verb = "Would send" if dry_run else "Sent"
-    lines = [f"{verb} {len(results)} actions to {domain}", ""]
-    for result in results:
-        lines.append(_result_line(result))
-    failed = sum(1 for result in results if not result.succeeded)
-    lines.append("")
-    if dry_run:
-        lines.append(f"Dry run: {len(results)} actions shown, no request sent.")
-    else:
-        lines.append(f"{len(results) - failed} succeeded, {failed} failed")
-    return "\n".join(lines)
+    if all(result.outcome == DRY_RUN for result in results):
+        lines = [f"Would send {len(results)} actions to {domain}", ""]
+        lines += [f"  {result.action:<10} {result.uid}" for result in results]
+        return "\n".join([*lines, "", "Dry run: no request was sent."])
+
+    lines = [f"Applied the plan to {domain}", ""]
+    lines.extend(_result_line(result) for result in results)
+    counts = Counter(result.outcome for result in results)
+    totals = ", ".join(
+        f"{counts[key]} {word}"
+        for key, word in RESULT_WORDS.items()
+        if counts[key] or key in (SUBMITTED, FAILED)
+    )
+    return "\n".join([*lines, "", totals])
+
+
+def _item_line(item: PlanItem, color: bool) -> str:
+    label = f"{item_label(item):<{LABEL_WIDTH}}"
+    if color:
+        key = "unhealthy" if item.unhealthy else item.kind
+        label = click.style(label, fg=COLORS.get(key))
+    return f"{label} {item_name(item.uid, item.dataset_id)}: {item.reason}"
 
 
 def _result_line(result: ActionResult) -> str:
-    head = f"{result.action:<10} {result.uid}"
-    if result.dry_run:
-        return f"  {head}: would be sent"
-    if result.error is not None:
-        return f"  {head}: FAILED: {result.error}"
-    line = f"  {head}: job {result.job_id}"
-    if result.status_after is not None:
-        state = "published" if result.published_after else "unpublished"
-        line += f", now {result.status_after} ({state})"
-    return line
+    head = f"  {result.action:<10} {result.uid}"
+    if result.outcome == SUBMITTED:
+        line = f"{head}: job {result.job_id}"
+        if result.status_after is not None:
+            state = state_name(result.published_after)
+            line += f", now {result.status_after} ({state})"
+        return line
+    if result.outcome == ALREADY_APPLIED:
+        job = f" (job {result.job_id})" if result.job_id else ""
+        return f"{head}: already applied{job}, {result.detail}"
+    word = "REFUSED" if result.outcome == STALE else "FAILED"
+    return f"{head}: {word}: {result.detail}"

@@ -67,6 +67,15 @@ Observation = ObservedDataset | Unobservable
 
 
 @dataclass(frozen=True)
+class UnmanagedDataset:
+    """A dataset on the portal that no manifest declares; never acted on."""
+
+    uid: str
+    dataset_id: str | None
+    published: bool | None
+
+
+@dataclass(frozen=True)
 class PlanItem:
     """One dataset's verdict: the action to take or why none is taken."""
 
@@ -81,6 +90,7 @@ class PlanItem:
     heading: str | None = None
     unhealthy: bool = False
     message: str | None = None
+    user: str | None = None
     warnings: tuple[str, ...] = ()
 
     @property
@@ -91,9 +101,7 @@ class PlanItem:
     @property
     def current(self) -> str | None:
         """Return the observed state in the manifest's terms."""
-        if self.published is None:
-            return None
-        return PUBLISHED if self.published else UNPUBLISHED
+        return None if self.published is None else state_name(self.published)
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,8 @@ class Plan:
     domain: str
     manifest_digest: str
     items: tuple[PlanItem, ...] = field(default_factory=tuple)
+    base_url: str | None = None
+    unmanaged: tuple[UnmanagedDataset, ...] = ()
 
     @property
     def actions(self) -> tuple[PlanItem, ...]:
@@ -133,6 +143,13 @@ class Plan:
             if counts[kind]:
                 parts.append(f"{counts[kind]} {label}")
         return ", ".join(parts)
+
+
+def state_name(published: bool | None) -> str:
+    """Name a published flag in the manifest's terms; None is "unknown"."""
+    if published is None:
+        return "unknown"
+    return PUBLISHED if published else UNPUBLISHED
 
 
 def normalize_status(name: str) -> str:
@@ -181,6 +198,7 @@ def plan_item(wanted: DesiredDataset, observation: Observation) -> PlanItem:
         status=status,
         since=observation.since,
         message=observation.message,
+        user=observation.user,
         warnings=_id_warnings(wanted, observation),
     )
     if status in BUSY_STATUSES:

@@ -98,11 +98,14 @@ class StateFile:
             del runs[:-MAX_RUNS]
         self.save()
 
-    def record_intent(self, uid: str, action: str) -> None:
+    def record_intent(
+        self, uid: str, action: str, *, plan_id: str | None = None
+    ) -> None:
         """Record that a request is about to be sent, before it is, and save."""
         with self._lock:
             self.datasets[uid] = {
                 "action": action,
+                "plan_id": plan_id,
                 "job_id": None,
                 "requested_at": utc_now(),
                 "outcome": PENDING,
@@ -147,7 +150,7 @@ class StateFile:
         """Write the file atomically: a temporary file renamed over the old one."""
         with self._lock:
             text = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
-            _write_atomic(self.path, text)
+            write_atomic(self.path, text, backup=True)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -179,7 +182,8 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, *, backup: bool = False) -> None:
+    """Replace a file's content at once: a flushed temporary file, renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
@@ -189,7 +193,8 @@ def _write_atomic(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        _keep_backup(path)
+        if backup:
+            _keep_backup(path)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

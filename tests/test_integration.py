@@ -85,7 +85,7 @@ def test_apply_then_plan_is_clean(
     assert run_cli("validate", str(manifest)).exit_code == 0
     result = run_cli("apply", str(manifest))
     assert result.exit_code == 0, result.output
-    assert "2 succeeded, 0 failed" in result.stdout
+    assert "2 submitted, 0 failed" in result.stdout
     state_path = tmp_path / "m.state.json"
     assert f"State file: {state_path}" in result.stdout
 
@@ -110,8 +110,9 @@ def test_apply_dry_run_sends_no_write(
     manifest = write_manifest(tmp_path / "m.yaml", DESIRED, simulator.url)
     result = run_cli("apply", "--dry-run", str(manifest))
     assert result.exit_code == 0, result.output
-    assert "publish    da_pub001: would be sent" in result.stdout
-    assert "Dry run: 2 actions shown, no request sent." in result.stdout
+    assert "Would send 2 actions to" in result.stdout
+    assert "  publish    da_pub001\n" in result.stdout
+    assert "Dry run: no request was sent." in result.stdout
     assert writes(simulator) == 0
     assert simulator.stats()["jobs"] == []
     assert not (tmp_path / "m.state.json").exists()
@@ -249,7 +250,7 @@ def test_usage_error_exits_1(run_cli: RunCli) -> None:
 def test_example_manifest_validates(run_cli: RunCli) -> None:
     result = run_cli("validate", str(ROOT / "examples" / "manifest.yaml"))
     assert result.exit_code == 0
-    assert result.stdout == "1 file(s) valid: 16 datasets declared\n"
+    assert result.stdout == "1 file valid: 16 datasets declared\n"
 
 
 def test_demo_applies_example(tmp_path: Path, run_cli: RunCli) -> None:
@@ -257,7 +258,7 @@ def test_demo_applies_example(tmp_path: Path, run_cli: RunCli) -> None:
     result = run_cli("demo", "--state", str(state_path), env={"ODS_API_KEY": ""})
     assert result.exit_code == 0, result.output
     assert "2 to publish, 2 to unpublish" in result.stdout
-    assert "4 succeeded, 0 failed" in result.stdout
+    assert "4 submitted, 0 failed" in result.stdout
     assert f"State file with 4 job ids: {state_path}" in result.stdout
     state = json.loads(state_path.read_text())
     assert len([r for r in state["datasets"].values() if r["job_id"]]) == 4
