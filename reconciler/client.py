@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import random
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -137,6 +139,7 @@ class Client:
         self.credentials = credentials
         self.timeout = timeout
         self.get_attempts = get_attempts
+        self.pool_size = pool_size
         self.session = requests.Session()
         # Credentials travel in a header only, never in the URL, so that no
         # server log, proxy or error message built from the URL shows them.
@@ -158,19 +161,32 @@ class Client:
         self.session.close()
 
     def list_datasets(self) -> Iterator[dict[str, Any]]:
-        """Yield every dataset the credentials may edit, a page of 100 at a time."""
-        page = 1
-        seen = 0
+        """Yield every dataset the credentials may edit, a page of 100 at a time.
+
+        When the first page gives the total (nhits), the other pages are read
+        concurrently, up to the pool size; otherwise one after the other until
+        a short page.
+        """
+        items, page_size, total = _listing_page(self._list_page(1))
+        yield from items
+        if len(items) < page_size:
+            return
+        if total is not None:
+            last_page = math.ceil(total / page_size)
+            with ThreadPoolExecutor(max_workers=self.pool_size) as pool:
+                for body in pool.map(self._list_page, range(2, last_page + 1)):
+                    yield from _listing_page(body)[0]
+            return
+        page = 2
         while True:
-            body = self._get("/datasets", {"rows": PAGE_SIZE, "page": page})
-            items, page_size, total = _listing_page(body)
+            items, page_size, _ = _listing_page(self._list_page(page))
             yield from items
-            seen += len(items)
-            if not items or len(items) < page_size:
-                return
-            if total is not None and seen >= total:
+            if len(items) < page_size:
                 return
             page += 1
+
+    def _list_page(self, page: int) -> Any:
+        return self._get("/datasets", {"rows": PAGE_SIZE, "page": page})
 
     def get_status(self, uid: str, *, expand_user: bool = False) -> dict[str, Any]:
         """Read one dataset's status: published flag, status name, since."""

@@ -41,7 +41,7 @@ from reconciler.plan import (
 log = logging.getLogger(__name__)
 
 DEFAULT_PARALLELISM = 8
-# Mode of a new --out file; an existing file keeps its own.
+# Mode of a new --out file. A file that already exists keeps its mode.
 NEW_FILE_MODE = 0o644
 
 
@@ -51,8 +51,8 @@ class ExportedDataset:
 
     uid: str
     dataset_id: str | None
-    # None when the state could not be read: the entry is then written as a
-    # comment, so that the manifest still loads.
+    # None when the state could not be read, so the entry is written as a comment
+    # and the manifest still loads.
     published: bool | None
     # One line of explanation written as a comment above the entry.
     note: str | None = None
@@ -212,7 +212,7 @@ def _busy_outcome(observed: ObservedDataset) -> str:
 
 def _dataset_id(item: dict[str, Any]) -> str | None:
     value = item.get("dataset_id")
-    # JSON might carry a digits-only dataset_id as a number.
+    # A digits-only dataset_id may arrive as a JSON number.
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value if isinstance(value, str) and value else None
@@ -236,7 +236,7 @@ def _one_line(text: str, secrets: Iterable[str]) -> str:
 def render_manifest(
     domain: str, datasets: Sequence[ExportedDataset], exported_at: datetime
 ) -> str:
-    """Render the datasets as manifest YAML, with a header saying where from."""
+    """Render the datasets as manifest YAML, under a header naming domain and time."""
     moment = exported_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     lines = [
         f"# Exported from {domain} at {moment} by ods-reconcile export {__version__}.",
@@ -277,13 +277,19 @@ def quote(text: str) -> str:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write text to a temporary file in path's folder, then rename it over path."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else NEW_FILE_MODE
     try:
-        descriptor, temporary = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-        )
+        _replace_file(path, text)
     except OSError as error:
-        raise ConfigError(f"cannot write {path}: {error.strerror}") from None
+        raise ConfigError(
+            f"failed to write {path}: {error.strerror}; choose another --out path"
+        ) from None
+
+
+def _replace_file(path: Path, text: str) -> None:
+    mode = path.stat().st_mode & 0o777 if path.exists() else NEW_FILE_MODE
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -291,10 +297,8 @@ def write_atomic(path: Path, text: str) -> None:
             os.fsync(handle.fileno())
         os.chmod(temporary, mode)
         os.replace(temporary, path)
-    except BaseException as error:
+    except BaseException:
         Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise ConfigError(f"cannot write {path}: {error.strerror}") from None
         raise
 
 

@@ -1,11 +1,12 @@
 """Load the YAML manifests that declare which datasets must be published.
 
-Loading is strict, because a manifest that means something other than what it says
+Loading is strict, because a manifest that YAML reads differently from how it looks
 would publish or unpublish the wrong datasets:
 
 - duplicate mapping keys are errors (PyYAML would keep the last one);
 - an unquoted value that YAML reads as a boolean, null, number or date where a
-  string is expected is an error (`state: off` is the boolean false);
+  string is expected is an error (`state: off` is the boolean false), and so is
+  one that other YAML parsers read that way (YAML 1.2 reads `1e3` as a number);
 - aliases, merge keys (`<<`) and tags other than the standard ones are rejected,
   so that every entry reads on its own;
 - the structure is checked against `schemas/manifest.schema.json`;
@@ -66,7 +67,8 @@ _TYPED_TAGS: dict[str, Callable[[yaml.ScalarNode], object]] = {
 
 # Plain scalars that PyYAML reads as strings but other parsers do not: YAML 1.2
 # reads 1e3 or 0o17 as numbers, and the YAML 1.1 specification lists y and n as
-# booleans, which PyYAML leaves out. The numbers PyYAML knows never get this far.
+# booleans, which PyYAML leaves out. Numbers that PyYAML resolves itself are typed
+# before this check.
 _YAML12_NUMBER = re.compile(
     r"0o[0-7]+|[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
 )
@@ -112,8 +114,8 @@ class Manifest:
     domain: str | None
     datasets: tuple[DatasetEntry, ...]
     paths: tuple[str, ...]
-    # "sha256:" and the hex SHA-256 of the files' own SHA-256 digests, in order: it
-    # changes with any byte of any file and with their order, not with their names.
+    # "sha256:" and the hex SHA-256 of the files' own SHA-256 digests, in order. It
+    # changes with any byte of any file and with their order, but not with names.
     digest: str
 
 
@@ -142,7 +144,8 @@ class _Mapping(dict[str, object]):
 
     def __init__(self) -> None:
         super().__init__()
-        # key line, key column, value line, value column: four per key, in key order
+        # Four numbers per key, in key order: key line and column, value line and
+        # column.
         self.positions: list[int] = []
 
     def key_position(self, key: str) -> tuple[int, int]:
@@ -161,7 +164,7 @@ class _Sequence(list[object]):
 
     def __init__(self) -> None:
         super().__init__()
-        # line, column: two per item
+        # Two numbers per item: line and column.
         self.positions: list[int] = []
 
     def item_position(self, index: int) -> tuple[int, int]:
@@ -189,7 +192,8 @@ class _Frame:
         self.is_mapping = isinstance(container, _Mapping)
         self.line = line
         self.column = column
-        # In a mapping: the key whose value comes next, None while a key is expected.
+        # In a mapping, the key whose value comes next, or None while a key is
+        # expected.
         self.key: str | None = None
         self.key_line = 0
         self.key_column = 0
@@ -328,7 +332,7 @@ class _ManifestFile:
         tag = event.tag
         if tag is None:
             # Quoted and block scalars are strings, and so are plain ones that no
-            # implicit resolver applies to: most values take this way.
+            # implicit resolver applies to, which is the case for most values.
             if event.style or text[:1] not in _IMPLICIT_FIRST_CHARACTERS:
                 return text
             tag = _resolve_scalar_tag(text, event.implicit)
@@ -471,8 +475,8 @@ def _cycle_collector_paused() -> Iterator[None]:
     """Pause Python's cycle collector, and restart it after if it was running.
 
     Loading 100,000 entries creates some 300,000 containers that form no cycles,
-    and the collector traversed them over and over: 15% of the load time, measured
-    with Python 3.11 on 100,000 entries.
+    and the collector traversed them again and again, which took 15% of the load
+    time (measured with Python 3.11).
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -510,8 +514,8 @@ def _expand_paths(
     files: list[Path] = []
     seen: set[Path] = set()
     problems: list[_Problem] = []
-    for given in paths:
-        path = Path(given)
+    for raw_path in paths:
+        path = Path(raw_path)
         if path.is_dir():
             found = _folder_manifests(path)
             if not found:
@@ -599,7 +603,8 @@ def _short_tag(tag: str) -> str:
 def _invalid_scalar_message(text: str, tag: str, implicit: bool) -> str:
     if not implicit:
         return f"{text!r} is not a valid {_short_tag(tag)} value"
-    # Only timestamps get here: PyYAML reads 2025-13-45 as a date, then fails.
+    # Only timestamps fail this way, because PyYAML resolves 2025-13-45 to a date
+    # and then cannot construct it.
     return (
         f"unquoted {text} is read by YAML as a date, but it is not a valid one; "
         f"write '{text}' in quotes if a string is meant"
@@ -613,8 +618,9 @@ def _unsupported_tag_message(tag: str | None) -> str:
 @dataclass(frozen=True)
 class _SchemaCheck:
     validator: Validator
-    # True only for entries of `datasets` that certainly satisfy their schema, or
-    # None when the array schema needs to see all its items, as minItems does.
+    # A predicate that is true only for entries of `datasets` that certainly satisfy
+    # their schema. None when a keyword of the array schema, such as minItems,
+    # depends on all its items.
     quick_entry_check: schemas.QuickCheck | None
 
 
@@ -639,7 +645,7 @@ def _schema_errors(root: object) -> Iterator[tuple[JsonPath, ValidationError]]:
         return
 
     # jsonschema takes tens of microseconds an entry, so only the entries that the
-    # quick check cannot vouch for go through it.
+    # quick check cannot confirm as valid go through it.
     unsure = [
         i for i, entry in enumerate(datasets) if not check.quick_entry_check(entry)
     ]
@@ -660,7 +666,8 @@ def _schema_problems(file: _ManifestFile) -> list[_Problem]:
         for parts, error in _schema_errors(file.root)
         if not file.is_rejected(parts)
     ]
-    # A value of the wrong type also fails enum, const and the like: report the type.
+    # A value of the wrong type also fails enum, const and pattern, so only the type
+    # error is reported.
     wrong_type = {parts for parts, error in errors if error.validator == "type"}
     problems: list[_Problem] = []
     described: set[tuple[JsonPath, str]] = set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.output import item_label
+from reconciler.output import item_label, plural
 from reconciler.plan import NONE, Plan, state_name
 
 # Code hosts reject longer comments (GitHub's limit is 65,536 characters);
@@ -40,6 +40,7 @@ def render_markdown(plan: Plan, *, title: str = "ods-reconcile plan") -> str:
         for table in (
             changes_table(plan),
             attention_table(plan),
+            warnings_table(plan),
             unchanged_table(plan),
             unmanaged_table(plan),
         )
@@ -91,13 +92,23 @@ def changes_table(plan: Plan) -> Table:
 def attention_table(plan: Plan) -> Table:
     """Tabulate busy, unhealthy, missing and unreadable datasets."""
     rows = [
-        f"| {item_label(item)} | `{item.uid}` | {cell(item.dataset_id)} | "
+        f"| {item_label(item)[2:]} | `{item.uid}` | {cell(item.dataset_id)} | "
         f"{cell(item.reason)} |"
         for item in plan.items
         if item.unhealthy or (item.kind != NONE and not item.is_action)
     ]
     header = "| | UID | dataset id | reason |\n|---|---|---|---|"
     return Table("Busy, unhealthy, missing or unreadable", header, rows)
+
+
+def warnings_table(plan: Plan) -> Table:
+    """Tabulate the warnings, such as a dataset id that differs from the portal's."""
+    rows = [
+        f"| `{item.uid}` | {cell(warning)} |"
+        for item in plan.items
+        for warning in item.warnings
+    ]
+    return Table("Warnings", "| UID | warning |\n|---|---|", rows)
 
 
 def unchanged_table(plan: Plan) -> Table:
@@ -108,7 +119,8 @@ def unchanged_table(plan: Plan) -> Table:
         if item.kind == NONE and not item.unhealthy
     ]
     header = "| UID | dataset id | state |\n|---|---|---|"
-    return Table(f"{len(rows)} datasets in sync", header, rows, folded=True)
+    title = f"{plural(len(rows), 'dataset')} in sync"
+    return Table(title, header, rows, folded=True)
 
 
 def unmanaged_table(plan: Plan) -> Table:
@@ -119,7 +131,7 @@ def unmanaged_table(plan: Plan) -> Table:
         for dataset in plan.unmanaged
     ]
     header = "| UID | dataset id | state |\n|---|---|---|"
-    title = f"{len(rows)} datasets in no manifest (never touched)"
+    title = f"{plural(len(rows), 'dataset')} in no manifest (never touched)"
     return Table(title, header, rows, folded=True)
 
 

@@ -56,6 +56,19 @@ def item_label(item: PlanItem) -> str:
     return LABELS.get(item.kind, "? unreadable")
 
 
+def plural(count: int, noun: str) -> str:
+    """Return '1 dataset' or '3 datasets'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def item_reason(item: PlanItem) -> str:
+    """Explain an item; an action's explanation starts with the change it makes."""
+    if not item.is_action:
+        return item.reason
+    change = f"{item.current} -> {item.desired}"
+    return f"{change}; {item.reason}" if item.reason else change
+
+
 def item_name(uid: str, dataset_id: str | None) -> str:
     """Name a dataset by uid, with its dataset id when known."""
     return f"{uid} ({dataset_id})" if dataset_id and dataset_id != uid else uid
@@ -69,7 +82,8 @@ def render_plan(
     color: bool = False,
 ) -> str:
     """Render a plan: one line per dataset that needs attention, then a summary."""
-    lines = [f"Plan for {plan.domain}: {len(plan.items)} datasets in the manifest"]
+    count = plural(len(plan.items), "dataset")
+    lines = [f"Plan for {plan.domain}: {count} in the manifest"]
     shown = [
         item
         for item in plan.items
@@ -93,7 +107,8 @@ def render_plan(
 
 def unmanaged_lines(plan: Plan) -> list[str]:
     """List the portal's datasets that no manifest declares."""
-    lines = [f"{len(plan.unmanaged)} datasets on the portal are in no manifest:"]
+    count = plural(len(plan.unmanaged), "dataset")
+    lines = [f"{count} on the portal in no manifest:"]
     for dataset in plan.unmanaged:
         name = item_name(dataset.uid, dataset.dataset_id)
         lines.append(f"  {name}: {state_name(dataset.published)}")
@@ -103,9 +118,9 @@ def unmanaged_lines(plan: Plan) -> list[str]:
 def render_drift(plan: Plan, *, show_unmanaged: bool = False) -> str:
     """Render the managed datasets whose live state differs from the manifest."""
     drifted = [item for item in plan.items if item.is_action]
+    managed = plural(len(plan.items), "managed dataset")
     lines = [
-        f"Drift on {plan.domain}: {len(drifted)} of {len(plan.items)} managed "
-        "datasets differ from the manifest"
+        f"Drift on {plan.domain}: {len(drifted)} of {managed} differ from the manifest"
     ]
     if drifted:
         lines.append("")
@@ -129,7 +144,7 @@ def render_results(results: Sequence[ActionResult], domain: str) -> str:
     if not results:
         return f"Nothing to apply to {domain}."
     if all(result.outcome == DRY_RUN for result in results):
-        lines = [f"Would send {len(results)} actions to {domain}", ""]
+        lines = [f"Would send {plural(len(results), 'action')} to {domain}", ""]
         lines += [f"  {result.action:<10} {result.uid}" for result in results]
         return "\n".join([*lines, "", "Dry run: no request was sent."])
 
@@ -149,7 +164,7 @@ def _item_line(item: PlanItem, color: bool) -> str:
     if color:
         key = "unhealthy" if item.unhealthy else item.kind
         label = click.style(label, fg=COLORS.get(key))
-    return f"{label} {item_name(item.uid, item.dataset_id)}: {item.reason}"
+    return f"{label} {item_name(item.uid, item.dataset_id)}: {item_reason(item)}"
 
 
 def _result_line(result: ActionResult) -> str:

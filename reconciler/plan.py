@@ -213,11 +213,9 @@ def _settled_item(base: PlanItem, published: bool) -> PlanItem:
     failed = base.status in FAILED_STATUSES
     last_run = f"last run ended in {base.status}: {base.message or 'no message'}"
     if wants_published and not published:
-        reason = f"{UNPUBLISHED} -> {PUBLISHED}" + (f"; {last_run}" if failed else "")
-        return replace(base, kind=PUBLISH, reason=reason)
+        return replace(base, kind=PUBLISH, reason=last_run if failed else "")
     if not wants_published and published:
-        reason = f"{PUBLISHED} -> {UNPUBLISHED}; {UNPUBLISH_NOTE}"
-        return replace(base, kind=UNPUBLISH, reason=reason)
+        return replace(base, kind=UNPUBLISH, reason=UNPUBLISH_NOTE)
     if wants_published and failed:
         return replace(base, unhealthy=True, reason=f"published, but {last_run}")
     return replace(base, reason=f"{base.desired}, in sync")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,12 +158,15 @@ def test_load_manifests_accepts_domain_forms(workdir: Path, domain: str) -> None
 
 
 def test_load_manifests_loads_the_example() -> None:
-    loaded = load_manifests([EXAMPLES / "manifest.yaml"])
+    path = EXAMPLES / "manifest.yaml"
+    lines = path.read_text(encoding="utf-8").splitlines()
+
+    loaded = load_manifests([path])
 
     assert loaded.domain == "data.riverton.example.org"
     assert len(loaded.datasets) == 16
-    assert loaded.datasets[0].uid == "da_1bk7x2"
-    assert loaded.datasets[0].line == 22
+    for entry in loaded.datasets:
+        assert lines[entry.line - 1].strip() == f"- uid: {entry.uid}"
 
 
 def example_manifests() -> list[Path]:
@@ -909,3 +913,12 @@ def test_compile_quick_check_gives_up_on_unknown_keyword() -> None:
     quick_check = schemas.compile_quick_check({"type": "string", "minLength": 2}, {})
 
     assert quick_check("long enough") is False
+
+
+def test_load_manifests_restores_cycle_collector(workdir: Path) -> None:
+    write("bad.yaml", "version: 2\ndatasets: []\n")
+
+    with pytest.raises(ManifestError):
+        load_manifests(["bad.yaml"])
+
+    assert gc.isenabled()

@@ -72,15 +72,13 @@ def test_plan_item_publish_reason() -> None:
     item = plan_item(
         DesiredDataset(UID, "published"), ObservedDataset(UID, False, "idle")
     )
-    assert item.reason == "unpublished -> published"
+    assert item.reason == ""
 
 
 def test_plan_item_publish_after_failure_gives_message() -> None:
     observed = ObservedDataset(UID, False, "error", message="source returned 404")
     item = plan_item(DesiredDataset(UID, "published"), observed)
-    assert item.reason == (
-        "unpublished -> published; last run ended in error: source returned 404"
-    )
+    assert item.reason == "last run ended in error: source returned 404"
 
 
 def test_plan_item_unpublish_warns_of_data_loss() -> None:
@@ -88,7 +86,7 @@ def test_plan_item_unpublish_warns_of_data_loss() -> None:
         DesiredDataset(UID, "unpublished"), ObservedDataset(UID, True, "idle")
     )
     assert item.reason == (
-        "published -> unpublished; unpublishing removes the records from the search "
+        "unpublishing removes the records from the search "
         "API; realtime sources without recovery lose them"
     )
 
