@@ -18,6 +18,7 @@ import requests
 
 from reconciler import __version__
 from reconciler.errors import ApiError, ConfigError
+from reconciler.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class Client:
         self.timeout = timeout
         self.get_attempts = get_attempts
         self.pool_size = pool_size
+        self.throttle = Throttle(pool_size)
         self.session = requests.Session()
         # Credentials travel in a header only, never in the URL, so that no
         # server log, proxy or error message built from the URL shows them.
@@ -211,8 +213,19 @@ class Client:
         return self._put_action(uid, "abort_processing")
 
     def _put_action(self, uid: str, action: str) -> str | None:
+        """Send an action. Only a 429 is retried: the portal did not act on it.
+
+        Any other failure may have happened after the portal acted, so the
+        caller decides, by reading the status, whether to send it again.
+        """
         path = f"/datasets/{uid}/{action}"
-        response = self._send("PUT", path, None, uid=uid)
+        for attempt in range(self.get_attempts):
+            response = self._send("PUT", path, None, uid=uid)
+            if response.status_code != 429 or attempt + 1 == self.get_attempts:
+                break
+            delay = _retry_delay(attempt, response)
+            log.info("PUT %s: HTTP 429, retrying in %.1fs", path, delay)
+            time.sleep(delay)
         if response.status_code >= 400:
             raise self._error("PUT", path, response, uid=uid)
         try:
@@ -271,14 +284,23 @@ class Client:
         uid: str | None = None,
     ) -> requests.Response:
         """Send one request; wrap transport failures in ApiError."""
+        self.throttle.acquire()
         started = time.monotonic()
         try:
             response = self.session.request(
                 method, self.base_url + path, params=params, timeout=self.timeout
             )
         except requests.RequestException as error:
+            self.throttle.release()
             reason = self._mask(f"{type(error).__name__}: {error}")
-            raise ApiError(f"{method} {path}: request failed: {reason}") from None
+            raise ApiError(
+                f"{method} {path}: request failed: {reason}", ambiguous=True
+            ) from None
+        throttled = response.status_code == 429
+        self.throttle.release(
+            throttled=throttled,
+            retry_after=_retry_delay(0, response) if throttled else 0.0,
+        )
         elapsed = time.monotonic() - started
         log.debug("%s %s -> %d (%.3fs)", method, path, response.status_code, elapsed)
         return response
@@ -304,7 +326,10 @@ class Client:
         elif status == 404 and uid:
             text = f"{text}; dataset {uid} does not exist on {self.domain}"
         return ApiError(
-            self._mask(text), status_code=status, error_key=str(error_key or "")
+            self._mask(text),
+            status_code=status,
+            error_key=str(error_key or ""),
+            ambiguous=status >= 500,
         )
 
     def _mask(self, text: str) -> str:

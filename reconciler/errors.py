@@ -20,7 +20,11 @@ class ConfigError(ReconcilerError):
 
 
 class ApiError(ReconcilerError):
-    """A request to the Management API failed or returned an unusable answer."""
+    """A request to the Management API failed or returned an unusable answer.
+
+    `ambiguous` is true when the portal may have acted although the request
+    failed: a timeout, a dropped connection or a 5xx answer.
+    """
 
     def __init__(
         self,
@@ -28,10 +32,12 @@ class ApiError(ReconcilerError):
         *,
         status_code: int | None = None,
         error_key: str | None = None,
+        ambiguous: bool = False,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.error_key = error_key
+        self.ambiguous = ambiguous
 
 
 class StateError(ReconcilerError):
@@ -40,3 +46,7 @@ class StateError(ReconcilerError):
 
 class PlanFileError(ReconcilerError):
     """A saved plan cannot be read, or was changed after it was made."""
+
+
+class GuardError(ReconcilerError):
+    """A plan does more damage than allowed without an explicit flag."""

@@ -23,62 +23,46 @@ composing a manifest of 100,000 entries took 360 MB and 8 s of CPU time.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import gc
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, cast
 
-import yaml
 from jsonschema import ValidationError
 from jsonschema.protocols import Validator
 
 from reconciler import schemas
 from reconciler.errors import ManifestError
+from reconciler.yaml_reader import (
+    JsonPath,
+    ManifestFile,
+    PathPart,
+    PositionedSequence,
+    Problem,
+    ambiguous_scalar_problems,
+    describe,
+    format_json_path,
+    parse_file,
+)
+
+__all__ = [
+    "SCHEMA_NAME",
+    "DatasetEntry",
+    "JsonPath",
+    "Manifest",
+    "PathPart",
+    "format_json_path",
+    "load_manifests",
+    "manifest_files",
+]
 
 SCHEMA_NAME = "manifest.schema.json"
 
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-# PyYAML leaves Resolver.resolve() unannotated.
-_RESOLVE: Callable[[type[yaml.Node], str, tuple[bool, bool]], str] = cast(
-    Any, yaml.resolver.Resolver().resolve
-)
-_CONSTRUCTOR = yaml.constructor.SafeConstructor()
-
-_TAG_PREFIX = "tag:yaml.org,2002:"
-_MAP_TAG = _TAG_PREFIX + "map"
-_SEQ_TAG = _TAG_PREFIX + "seq"
-_MERGE_TAG = _TAG_PREFIX + "merge"
-# "!" is the non-specific tag, which makes a scalar a string. The "value" tag is
-# what PyYAML resolves a plain "=" to.
-_STRING_TAGS = frozenset({_TAG_PREFIX + "str", "!", _TAG_PREFIX + "value"})
-_TYPED_TAGS: dict[str, Callable[[yaml.ScalarNode], object]] = {
-    _TAG_PREFIX + "null": _CONSTRUCTOR.construct_yaml_null,
-    _TAG_PREFIX + "bool": _CONSTRUCTOR.construct_yaml_bool,
-    _TAG_PREFIX + "int": _CONSTRUCTOR.construct_yaml_int,
-    _TAG_PREFIX + "float": _CONSTRUCTOR.construct_yaml_float,
-    _TAG_PREFIX + "timestamp": _CONSTRUCTOR.construct_yaml_timestamp,
-}
-
-# Plain scalars that PyYAML reads as strings but other parsers do not: YAML 1.2
-# reads 1e3 or 0o17 as numbers, and the YAML 1.1 specification lists y and n as
-# booleans, which PyYAML leaves out. Numbers that PyYAML resolves itself are typed
-# before this check.
-_YAML12_NUMBER = re.compile(
-    r"0o[0-7]+|[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
-)
-_YAML11_SHORT_BOOLEANS = {"y": True, "Y": True, "n": False, "N": False}
-# First characters of the plain scalars that YAML 1.1 may read as something else
-# than a string, such as the "o" of "off" or the "~" of null.
-_IMPLICIT_FIRST_CHARACTERS = frozenset(yaml.resolver.Resolver.yaml_implicit_resolvers)
-_INTEGER = re.compile(r"[-+]?[0-9]+")
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CREDENTIALS = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^/]*@")
 
 _TYPE_NAMES = {
@@ -91,9 +75,6 @@ _TYPE_NAMES = {
     "null": "null",
 }
 
-PathPart = str | int
-JsonPath = tuple[PathPart, ...]
-
 
 @dataclass(frozen=True, slots=True)
 class DatasetEntry:
@@ -105,6 +86,8 @@ class DatasetEntry:
     description: str | None
     path: str
     line: int
+    # True or False when the entry sets `protect`, None when it does not.
+    protect: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -117,316 +100,6 @@ class Manifest:
     # "sha256:" and the hex SHA-256 of the files' own SHA-256 digests, in order. It
     # changes with any byte of any file and with their order, but not with names.
     digest: str
-
-
-class _Mark(Protocol):
-    line: int
-    column: int
-
-
-class _Problem(NamedTuple):
-    path: str
-    line: int
-    column: int
-    where: str
-    message: str
-
-    def __str__(self) -> str:
-        if self.line == 0:
-            return f"{self.path}: {self.message}"
-        return f"{self.path}:{self.line}:{self.column}: {self.where}: {self.message}"
-
-
-class _Mapping(dict[str, object]):
-    """A YAML mapping as a dict, with the position of each key and value."""
-
-    __slots__ = ("positions",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        # Four numbers per key, in key order: key line and column, value line and
-        # column.
-        self.positions: list[int] = []
-
-    def key_position(self, key: str) -> tuple[int, int]:
-        offset = 4 * list(self).index(key)
-        return self.positions[offset], self.positions[offset + 1]
-
-    def value_position(self, key: str) -> tuple[int, int]:
-        offset = 4 * list(self).index(key)
-        return self.positions[offset + 2], self.positions[offset + 3]
-
-
-class _Sequence(list[object]):
-    """A YAML sequence as a list, with the position of each item."""
-
-    __slots__ = ("positions",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        # Two numbers per item: line and column.
-        self.positions: list[int] = []
-
-    def item_position(self, index: int) -> tuple[int, int]:
-        return self.positions[2 * index], self.positions[2 * index + 1]
-
-
-class _Frame:
-    """A mapping or sequence whose end event has not been read yet."""
-
-    __slots__ = (
-        "column",
-        "container",
-        "is_key",
-        "is_mapping",
-        "key",
-        "key_column",
-        "key_line",
-        "line",
-        "rejected",
-        "skip_value",
-    )
-
-    def __init__(self, container: _Mapping | _Sequence, line: int, column: int):
-        self.container = container
-        self.is_mapping = isinstance(container, _Mapping)
-        self.line = line
-        self.column = column
-        # In a mapping, the key whose value comes next, or None while a key is
-        # expected.
-        self.key: str | None = None
-        self.key_line = 0
-        self.key_column = 0
-        self.skip_value = False
-        self.is_key = False
-        self.rejected = False
-
-
-class _ManifestFile:
-    """The values of one manifest file, their positions, and the problems found."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.digest = b""
-        self.root: object = None
-        self.root_position = (1, 1)
-        self.is_empty = True
-        self.problems: list[_Problem] = []
-        # Paths whose value was replaced by None after a problem was reported there.
-        self.rejected: set[JsonPath] = set()
-        # Source text of the plain scalars that YAML read as something else than a
-        # string, such as `off` or `0123`.
-        self.typed_scalars: dict[JsonPath, str] = {}
-        # Plain strings that other YAML parsers read as numbers or booleans, with
-        # their positions.
-        self.ambiguous_scalars: list[tuple[JsonPath, int, int, str]] = []
-        self._stack: list[_Frame] = []
-
-    def add_problem(
-        self, parts: JsonPath, line: int, column: int, message: str
-    ) -> None:
-        where = format_json_path(parts)
-        self.problems.append(_Problem(self.path, line, column, where, message))
-
-    def locate(self, parts: JsonPath) -> tuple[int, int]:
-        """Return the line and column of the value at `parts`."""
-        position = self.root_position
-        value = self.root
-        for part in parts:
-            if isinstance(value, _Mapping) and isinstance(part, str):
-                position = value.value_position(part)
-            elif isinstance(value, _Sequence) and isinstance(part, int):
-                position = value.item_position(part)
-            value = cast(Any, value)[part]
-        return position
-
-    def value_at(self, parts: JsonPath) -> object:
-        value = self.root
-        for part in parts:
-            value = cast(Any, value)[part]
-        return value
-
-    def is_rejected(self, parts: JsonPath) -> bool:
-        if not self.rejected:
-            return False
-        return any(parts[:length] in self.rejected for length in range(len(parts) + 1))
-
-    def parse(self, data: bytes) -> None:
-        """Build the values from the YAML events of `data`."""
-        loader = _LOADER(data)
-        try:
-            self._read_events(iter(loader.get_event, None))
-        finally:
-            loader.dispose()
-
-    def _read_events(self, events: Iterator[yaml.Event]) -> None:
-        documents = 0
-        for event in events:
-            if isinstance(event, yaml.ScalarEvent):
-                self._read_scalar(event)
-            elif isinstance(event, yaml.MappingStartEvent):
-                self._start_collection(event, _Mapping(), _MAP_TAG)
-            elif isinstance(event, yaml.SequenceStartEvent):
-                self._start_collection(event, _Sequence(), _SEQ_TAG)
-            elif isinstance(event, yaml.CollectionEndEvent):
-                self._end_collection()
-            elif isinstance(event, yaml.AliasEvent):
-                self._read_alias(event)
-            elif isinstance(event, yaml.DocumentStartEvent):
-                documents += 1
-                if documents > 1:
-                    line, column = _mark_position(event.start_mark)
-                    message = "a manifest must contain one YAML document, found more"
-                    self.add_problem((), line, column, message)
-                    return
-
-    def _next_path(self) -> JsonPath:
-        """Return the path of the value that the next event starts."""
-        parts: list[PathPart] = []
-        for frame in self._stack:
-            if isinstance(frame.container, _Sequence):
-                parts.append(len(frame.container))
-            elif frame.key is not None:
-                parts.append(frame.key)
-        return tuple(parts)
-
-    def _expects_key(self) -> bool:
-        if not self._stack:
-            return False
-        frame = self._stack[-1]
-        return frame.is_mapping and frame.key is None
-
-    def _add_value(self, value: object, line: int, column: int) -> None:
-        if not self._stack:
-            self.root = value
-            self.root_position = (line, column)
-            self.is_empty = False
-            return
-
-        frame = self._stack[-1]
-        container = frame.container
-        if isinstance(container, _Sequence):
-            container.append(value)
-            container.positions += (line, column)
-            return
-        if not frame.skip_value and frame.key is not None:
-            container[frame.key] = value
-            container.positions += (frame.key_line, frame.key_column, line, column)
-        frame.key = None
-        frame.skip_value = False
-
-    def _read_scalar(self, event: yaml.ScalarEvent) -> None:
-        mark = event.start_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        stack = self._stack
-        if stack and stack[-1].is_mapping and stack[-1].key is None:
-            self._read_key(event, line, column)
-        elif not stack and event.value == "" and not event.style:
-            # An empty document, such as a lone "---", counts as an empty file.
-            return
-        else:
-            self._add_value(self._scalar_value(event, line, column), line, column)
-
-    def _scalar_value(self, event: yaml.ScalarEvent, line: int, column: int) -> object:
-        text = event.value
-        tag = event.tag
-        if tag is None:
-            # Quoted and block scalars are strings, and so are plain ones that no
-            # implicit resolver applies to, which is the case for most values.
-            if event.style or text[:1] not in _IMPLICIT_FIRST_CHARACTERS:
-                return text
-            tag = _resolve_scalar_tag(text, event.implicit)
-        if tag in _STRING_TAGS or tag == _MERGE_TAG:
-            if event.tag is None and _is_ambiguous(text):
-                self.ambiguous_scalars.append((self._next_path(), line, column, text))
-            return text
-        return self._typed_scalar_value(event, tag, line, column)
-
-    def _typed_scalar_value(
-        self, event: yaml.ScalarEvent, tag: str, line: int, column: int
-    ) -> object:
-        convert = _TYPED_TAGS.get(tag)
-        if convert is None:
-            path = self._next_path()
-            self.add_problem(path, line, column, _unsupported_tag_message(tag))
-            self.rejected.add(path)
-            return None
-        try:
-            value = convert(yaml.ScalarNode(tag, event.value))
-        except (ValueError, yaml.YAMLError):
-            path = self._next_path()
-            message = _invalid_scalar_message(event.value, tag, event.tag is None)
-            self.add_problem(path, line, column, message)
-            self.rejected.add(path)
-            return None
-        if event.tag is None:
-            self.typed_scalars[self._next_path()] = event.value
-        return value
-
-    def _read_key(self, event: yaml.ScalarEvent, line: int, column: int) -> None:
-        frame = self._stack[-1]
-        container = cast(_Mapping, frame.container)
-        key = event.value
-        # The key is used as written: `on:` or `1:` is an unknown key, not a boolean
-        # or an integer. Only a plain `<<` has a meaning of its own.
-        tag = event.tag
-        if tag is None and key == "<<" and not event.style:
-            tag = _MERGE_TAG
-
-        message = None
-        if tag == _MERGE_TAG:
-            message = "merge keys (<<) are not supported: write the keys out in full"
-        elif tag is not None and tag not in _STRING_TAGS and tag not in _TYPED_TAGS:
-            message = _unsupported_tag_message(tag)
-        elif key in container:
-            first_line = container.key_position(key)[0]
-            message = f"duplicate key {key!r}, first defined at line {first_line}"
-        if message is not None:
-            self.add_problem((*self._next_path(), key), line, column, message)
-            frame.skip_value = True
-        frame.key, frame.key_line, frame.key_column = key, line, column
-
-    def _read_alias(self, event: yaml.AliasEvent) -> None:
-        line, column = _mark_position(event.start_mark)
-        message = f"alias *{event.anchor} is not supported: write the value out in full"
-        if self._expects_key():
-            frame = self._stack[-1]
-            frame.key, frame.skip_value = f"*{event.anchor}", True
-            self.add_problem(self._next_path(), line, column, message)
-            return
-
-        path = self._next_path()
-        self.add_problem(path, line, column, message)
-        self.rejected.add(path)
-        self._add_value(None, line, column)
-
-    def _start_collection(
-        self,
-        event: yaml.CollectionStartEvent,
-        container: _Mapping | _Sequence,
-        default_tag: str,
-    ) -> None:
-        line, column = _mark_position(event.start_mark)
-        frame = _Frame(container, line, column)
-        frame.is_key = self._expects_key()
-        if event.tag not in (None, "!", default_tag):
-            path = self._next_path()
-            self.add_problem(path, line, column, _unsupported_tag_message(event.tag))
-            self.rejected.add(path)
-            frame.rejected = True
-        self._stack.append(frame)
-
-    def _end_collection(self) -> None:
-        frame = self._stack.pop()
-        if frame.is_key:
-            parent = self._stack[-1]
-            kind = "a mapping" if isinstance(frame.container, _Mapping) else "a list"
-            message = f"a key must be a string, found {kind}"
-            self.add_problem(self._next_path(), frame.line, frame.column, message)
-            parent.key, parent.skip_value = "?", True
-            return
-        value = None if frame.rejected else frame.container
-        self._add_value(value, frame.line, frame.column)
 
 
 def manifest_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -487,45 +160,31 @@ def _cycle_collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _combined_digest(files: list[_ManifestFile]) -> str:
+def _combined_digest(files: list[ManifestFile]) -> str:
     combined = hashlib.sha256()
     for file in files:
         combined.update(file.digest)
     return "sha256:" + combined.hexdigest()
 
 
-def format_json_path(parts: JsonPath) -> str:
-    """Format a path such as ("datasets", 3, "state") as $.datasets[3].state."""
-    text = ["$"]
-    for part in parts:
-        if isinstance(part, int):
-            text.append(f"[{part}]")
-        elif _IDENTIFIER.fullmatch(part):
-            text.append(f".{part}")
-        else:
-            escaped = part.replace("\\", "\\\\").replace("'", "\\'")
-            text.append(f"['{escaped}']")
-    return "".join(text)
-
-
 def _expand_paths(
     paths: Sequence[str | os.PathLike[str]],
-) -> tuple[list[Path], list[_Problem]]:
+) -> tuple[list[Path], list[Problem]]:
     files: list[Path] = []
     seen: set[Path] = set()
-    problems: list[_Problem] = []
+    problems: list[Problem] = []
     for raw_path in paths:
         path = Path(raw_path)
         if path.is_dir():
             found = _folder_manifests(path)
             if not found:
                 message = "folder contains no .yaml or .yml file"
-                problems.append(_Problem(str(path), 0, 0, "$", message))
+                problems.append(Problem(str(path), 0, 0, "$", message))
         elif path.exists():
             found = [path]
         else:
             message = "no such file or directory"
-            problems.append(_Problem(str(path), 0, 0, "$", message))
+            problems.append(Problem(str(path), 0, 0, "$", message))
             continue
         for file in found:
             resolved = file.resolve()
@@ -545,74 +204,53 @@ def _folder_manifests(folder: Path) -> list[Path]:
     )
 
 
-def _load_file(path: Path) -> _ManifestFile:
-    file = _ManifestFile(str(path))
+def _load_file(path: Path) -> ManifestFile:
+    file = ManifestFile(str(path))
     try:
         data = path.read_bytes()
     except OSError as error:
         file.problems.append(
-            _Problem(file.path, 0, 0, "$", f"cannot read the file: {error.strerror}")
+            Problem(file.path, 0, 0, "$", f"cannot read the file: {error.strerror}")
         )
         return file
 
     file.digest = hashlib.sha256(data).digest()
-    if not _parse_file(file, data):
+    if not parse_file(file, data):
         return file
     if file.is_empty:
         message = "the file is empty, expected a mapping with version and datasets"
         file.add_problem((), 1, 1, message)
         return file
     file.problems += _schema_problems(file)
-    file.problems += _ambiguous_scalar_problems(file)
+    file.problems += ambiguous_scalar_problems(file)
+    file.problems += _boolean_spelling_problems(file)
     return file
 
 
-def _parse_file(file: _ManifestFile, data: bytes) -> bool:
-    """Parse `data` into `file`, and return False after a YAML syntax error."""
-    try:
-        file.parse(data)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line, column = _mark_position(mark)
-        file.add_problem((), line, column, f"invalid YAML: {error.problem or error}")
-        return False
-    except yaml.reader.ReaderError as error:
-        line = data.count(b"\n", 0, error.position) + 1
-        column = error.position - data.rfind(b"\n", 0, error.position)
-        file.add_problem((), line, column, f"invalid YAML: {error.reason}")
-        return False
-    return True
+# The manifest keys whose value is a boolean.
+_BOOLEAN_KEYS = frozenset({"protect"})
 
 
-def _mark_position(mark: _Mark | None) -> tuple[int, int]:
-    if mark is None:
-        return 1, 1
-    return mark.line + 1, mark.column + 1
+def _boolean_spelling_problems(file: ManifestFile) -> list[Problem]:
+    """Reject yes, no, on, off and the like where a boolean is expected.
 
-
-def _resolve_scalar_tag(text: str, implicit: tuple[bool, bool]) -> str:
-    return _RESOLVE(yaml.ScalarNode, text, implicit)
-
-
-def _short_tag(tag: str) -> str:
-    if tag.startswith(_TAG_PREFIX):
-        return "!!" + tag.removeprefix(_TAG_PREFIX)
-    return tag
-
-
-def _invalid_scalar_message(text: str, tag: str, implicit: bool) -> str:
-    if not implicit:
-        return f"{text!r} is not a valid {_short_tag(tag)} value"
-    # Only timestamps fail this way, because PyYAML resolves 2025-13-45 to a date
-    # and then cannot construct it.
-    return (
-        f"unquoted {text} is read by YAML as a date, but it is not a valid one; "
-        f"write '{text}' in quotes if a string is meant"
-    )
-
-
-def _unsupported_tag_message(tag: str | None) -> str:
-    return f"tag {_short_tag(tag or '')} is not supported: remove it"
+    YAML 1.1 reads them as booleans and YAML 1.2 as strings, so a reader of the
+    file cannot be sure which was meant; true and false mean the same to both.
+    """
+    problems = []
+    for parts, text in file.typed_scalars.items():
+        if not parts or parts[-1] not in _BOOLEAN_KEYS:
+            continue
+        value = file.value_at(parts)
+        if isinstance(value, bool) and text.lower() not in ("true", "false"):
+            line, column = file.locate(parts)
+            message = (
+                f"unquoted {text} is read as {str(value).lower()} by YAML 1.1 but as "
+                f"a string by YAML 1.2; write {str(value).lower()}"
+            )
+            where = format_json_path(parts)
+            problems.append(Problem(file.path, line, column, where, message))
+    return problems
 
 
 @dataclass(frozen=True)
@@ -660,7 +298,7 @@ def _schema_errors(root: object) -> Iterator[tuple[JsonPath, ValidationError]]:
         yield parts, error
 
 
-def _schema_problems(file: _ManifestFile) -> list[_Problem]:
+def _schema_problems(file: ManifestFile) -> list[Problem]:
     errors = [
         (parts, error)
         for parts, error in _schema_errors(file.root)
@@ -669,7 +307,7 @@ def _schema_problems(file: _ManifestFile) -> list[_Problem]:
     # A value of the wrong type also fails enum, const and pattern, so only the type
     # error is reported.
     wrong_type = {parts for parts, error in errors if error.validator == "type"}
-    problems: list[_Problem] = []
+    problems: list[Problem] = []
     described: set[tuple[JsonPath, str]] = set()
     for parts, error in errors:
         validator = str(error.validator)
@@ -684,8 +322,8 @@ def _schema_problems(file: _ManifestFile) -> list[_Problem]:
 
 
 def _error_problems(
-    file: _ManifestFile, parts: JsonPath, error: ValidationError
-) -> list[_Problem]:
+    file: ManifestFile, parts: JsonPath, error: ValidationError
+) -> list[Problem]:
     # The validator may have seen a copy of the root with fewer datasets.
     instance = file.value_at(parts)
     expected = cast(Any, error.validator_value)
@@ -707,12 +345,12 @@ def _error_problems(
         message = _pattern_message(parts, str(instance), expected)
     else:
         message = error.message
-    return [_Problem(file.path, line, column, where, message)]
+    return [Problem(file.path, line, column, where, message)]
 
 
 def _unknown_key_problems(
-    file: _ManifestFile, parts: JsonPath, mapping: Any, schema: Any
-) -> list[_Problem]:
+    file: ManifestFile, parts: JsonPath, mapping: Any, schema: Any
+) -> list[Problem]:
     allowed = list(schema.get("properties", {}))
     problems = []
     for key in mapping:
@@ -721,24 +359,24 @@ def _unknown_key_problems(
         line, column = mapping.key_position(key)
         where = format_json_path((*parts, key))
         message = f"unknown key {key!r} (allowed keys: {', '.join(allowed)})"
-        problems.append(_Problem(file.path, line, column, where, message))
+        problems.append(Problem(file.path, line, column, where, message))
     return problems
 
 
 def _missing_key_problems(
-    file: _ManifestFile, parts: JsonPath, mapping: Any, required: Any
-) -> list[_Problem]:
+    file: ManifestFile, parts: JsonPath, mapping: Any, required: Any
+) -> list[Problem]:
     line, column = file.locate(parts)
     where = format_json_path(parts)
     return [
-        _Problem(file.path, line, column, where, f"missing required key {key!r}")
+        Problem(file.path, line, column, where, f"missing required key {key!r}")
         for key in required
         if key not in mapping
     ]
 
 
 def _type_message(
-    file: _ManifestFile, parts: JsonPath, instance: object, expected: Any
+    file: ManifestFile, parts: JsonPath, instance: object, expected: Any
 ) -> str:
     names = [expected] if isinstance(expected, str) else list(expected)
     expected_text = " or ".join(_TYPE_NAMES.get(name, name) for name in names)
@@ -748,10 +386,10 @@ def _type_message(
     if text is not None and "string" in names:
         quoted = "'" + text.replace("'", "''") + "'"
         return (
-            f"unquoted {text} is read by YAML as {_describe(instance)}; "
+            f"unquoted {text} is read by YAML as {describe(instance)}; "
             f"write {quoted} in quotes if a string is meant"
         )
-    return f"expected {expected_text}, found {_describe(instance)}"
+    return f"expected {expected_text}, found {describe(instance)}"
 
 
 def _pattern_message(parts: JsonPath, instance: str, pattern: str) -> str:
@@ -780,63 +418,7 @@ def _mask_credentials(match: re.Match[str]) -> str:
     return f"{scheme}://***@" if scheme else "***@"
 
 
-def _describe(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, int):
-        return f"the integer {value}"
-    if isinstance(value, float):
-        return f"the number {value!r}"
-    if isinstance(value, datetime.datetime):
-        return f"the timestamp {value.isoformat()}"
-    if isinstance(value, datetime.date):
-        return f"the date {value.isoformat()}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__
-
-
-def _ambiguous_scalar_problems(file: _ManifestFile) -> list[_Problem]:
-    reported = {problem.where for problem in file.problems}
-    problems = []
-    for parts, line, column, text in file.ambiguous_scalars:
-        where = format_json_path(parts)
-        if where in reported or file.is_rejected(parts):
-            continue
-        message = (
-            f"unquoted {text} is read by {_other_parsers_reading(text)}; "
-            f"write '{text}' in quotes so that every parser reads a string"
-        )
-        problems.append(_Problem(file.path, line, column, where, message))
-    return problems
-
-
-def _is_ambiguous(text: str) -> bool:
-    return text in _YAML11_SHORT_BOOLEANS or bool(_YAML12_NUMBER.fullmatch(text))
-
-
-def _other_parsers_reading(text: str) -> str:
-    if text in _YAML11_SHORT_BOOLEANS:
-        value = _YAML11_SHORT_BOOLEANS[text]
-        return f"some YAML 1.1 parsers as {_describe(value)}"
-    return f"YAML 1.2 parsers as {_describe(_yaml12_number(text))}"
-
-
-def _yaml12_number(text: str) -> int | float:
-    if text.startswith("0o"):
-        return int(text[2:], 8)
-    if _INTEGER.fullmatch(text):
-        return int(text)
-    return float(text)
-
-
-def _entries_with_uid(file: _ManifestFile) -> Iterator[tuple[int, str]]:
+def _entries_with_uid(file: ManifestFile) -> Iterator[tuple[int, str]]:
     datasets = file.root.get("datasets") if isinstance(file.root, dict) else None
     if not isinstance(datasets, list):
         return
@@ -845,8 +427,8 @@ def _entries_with_uid(file: _ManifestFile) -> Iterator[tuple[int, str]]:
             yield index, entry["uid"]
 
 
-def _duplicate_uid_problems(files: list[_ManifestFile]) -> list[_Problem]:
-    first_declared: dict[str, tuple[_ManifestFile, int]] = {}
+def _duplicate_uid_problems(files: list[ManifestFile]) -> list[Problem]:
+    first_declared: dict[str, tuple[ManifestFile, int]] = {}
     problems = []
     for file in files:
         for index, uid in _entries_with_uid(file):
@@ -864,13 +446,13 @@ def _duplicate_uid_problems(files: list[_ManifestFile]) -> list[_Problem]:
                 f"{first_file.path}:{first_line}:{first_column}"
             )
             problems.append(
-                _Problem(file.path, line, column, format_json_path(parts), message)
+                Problem(file.path, line, column, format_json_path(parts), message)
             )
     return problems
 
 
-def _domain_problems(files: list[_ManifestFile]) -> list[_Problem]:
-    first: tuple[_ManifestFile, str] | None = None
+def _domain_problems(files: list[ManifestFile]) -> list[Problem]:
+    first: tuple[ManifestFile, str] | None = None
     problems = []
     for file in files:
         domain = file.value_at(("domain",)) if _declares_domain(file) else None
@@ -888,23 +470,23 @@ def _domain_problems(files: list[_ManifestFile]) -> list[_Problem]:
             f"{domain!r} differs from {first_domain!r} declared at "
             f"{first_file.path}:{first_line}:{first_column}"
         )
-        problems.append(_Problem(file.path, line, column, "$.domain", message))
+        problems.append(Problem(file.path, line, column, "$.domain", message))
     return problems
 
 
-def _declares_domain(file: _ManifestFile) -> bool:
+def _declares_domain(file: ManifestFile) -> bool:
     return isinstance(file.root, dict) and "domain" in file.root
 
 
-def _declared_domain(files: list[_ManifestFile]) -> str | None:
+def _declared_domain(files: list[ManifestFile]) -> str | None:
     for file in files:
         if _declares_domain(file):
             return cast(str, file.value_at(("domain",)))
     return None
 
 
-def _dataset_entries(file: _ManifestFile) -> Iterator[DatasetEntry]:
-    datasets = cast(_Sequence, file.value_at(("datasets",)))
+def _dataset_entries(file: ManifestFile) -> Iterator[DatasetEntry]:
+    datasets = cast(PositionedSequence, file.value_at(("datasets",)))
     for index, entry in enumerate(cast(list[dict[str, str]], datasets)):
         yield DatasetEntry(
             uid=entry["uid"],
@@ -913,4 +495,5 @@ def _dataset_entries(file: _ManifestFile) -> Iterator[DatasetEntry]:
             description=entry.get("description"),
             path=file.path,
             line=datasets.item_position(index)[0],
+            protect=cast(bool | None, entry.get("protect")),
         )

@@ -29,6 +29,7 @@ from reconciler.plan import (
     Unobservable,
     build_plan,
 )
+from reconciler.state import History
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +174,22 @@ def plan_manifest(
     parallelism: int = 8,
     select: Callable[[str], bool] | None = None,
     expand_user: bool = False,
+    known: History | None = None,
 ) -> Plan:
     """Read the portal's state of the manifest's datasets and plan them.
 
     `select` keeps the uids it returns true for; the others are left alone.
+    `known` brings the protections and actions under way from the state file.
     """
+    known = known or History()
     desired = [
-        DesiredDataset(entry.uid, entry.state, entry.dataset_id)
+        DesiredDataset(
+            entry.uid,
+            entry.state,
+            entry.dataset_id,
+            protected=entry.uid in known.protected,
+            last_action=known.last_actions.get(entry.uid),
+        )
         for entry in manifest.datasets
         if select is None or select(entry.uid)
     ]

@@ -11,6 +11,8 @@ from reconciler.apply import (
     ALREADY_APPLIED,
     DRY_RUN,
     FAILED,
+    IN_SYNC,
+    SKIPPED,
     STALE,
     SUBMITTED,
     ActionResult,
@@ -19,6 +21,7 @@ from reconciler.plan import (
     BUSY,
     NONE,
     NOT_FOUND,
+    PROTECTED,
     PUBLISH,
     UNPUBLISH,
     Plan,
@@ -30,6 +33,7 @@ LABELS = {
     PUBLISH: "+ publish",
     UNPUBLISH: "- unpublish",
     BUSY: "~ busy",
+    PROTECTED: "# protected",
     NOT_FOUND: "? not found",
     NONE: "= unchanged",
 }
@@ -37,6 +41,7 @@ COLORS = {
     PUBLISH: "green",
     UNPUBLISH: "red",
     BUSY: "yellow",
+    PROTECTED: "cyan",
     NOT_FOUND: "magenta",
     "unhealthy": "magenta",
 }
@@ -44,8 +49,15 @@ LABEL_WIDTH = 13
 RESULT_WORDS = {
     SUBMITTED: "submitted",
     FAILED: "failed",
+    SKIPPED: "skipped",
     STALE: "refused as stale",
     ALREADY_APPLIED: "already applied",
+    IN_SYNC: "in sync after waiting",
+}
+JOB_WORDS = {
+    "succeeded": "jobs succeeded",
+    "failed": "jobs failed",
+    "timed_out": "jobs timed out",
 }
 
 
@@ -139,13 +151,21 @@ def render_drift(plan: Plan, *, show_unmanaged: bool = False) -> str:
     return "\n".join(lines)
 
 
-def render_results(results: Sequence[ActionResult], domain: str) -> str:
+def render_results(
+    results: Sequence[ActionResult], domain: str, *, dry_run: bool = False
+) -> str:
     """Render what apply did, one line per action, then the totals."""
     if not results:
         return f"Nothing to apply to {domain}."
-    if all(result.outcome == DRY_RUN for result in results):
-        lines = [f"Would send {plural(len(results), 'action')} to {domain}", ""]
-        lines += [f"  {result.action:<10} {result.uid}" for result in results]
+    if dry_run:
+        actions = [result for result in results if result.outcome == DRY_RUN]
+        lines = [f"Would send {plural(len(actions), 'action')} to {domain}", ""]
+        lines += [
+            f"  {result.action:<10} {result.uid}"
+            if result.outcome == DRY_RUN
+            else _result_line(result)
+            for result in results
+        ]
         return "\n".join([*lines, "", "Dry run: no request was sent."])
 
     lines = [f"Applied the plan to {domain}", ""]
@@ -156,6 +176,11 @@ def render_results(results: Sequence[ActionResult], domain: str) -> str:
         for key, word in RESULT_WORDS.items()
         if counts[key] or key in (SUBMITTED, FAILED)
     )
+    jobs = Counter(result.job_outcome for result in results if result.job_outcome)
+    if jobs:
+        totals += "; " + ", ".join(
+            f"{jobs[key]} {word}" for key, word in JOB_WORDS.items()
+        )
     return "\n".join([*lines, "", totals])
 
 
@@ -170,11 +195,20 @@ def _item_line(item: PlanItem, color: bool) -> str:
 def _result_line(result: ActionResult) -> str:
     head = f"  {result.action:<10} {result.uid}"
     if result.outcome == SUBMITTED:
-        line = f"{head}: job {result.job_id}"
-        if result.status_after is not None:
+        line = f"{head}: job {result.job_id or 'unknown'}"
+        if result.detail:
+            line += f" ({result.detail})"
+        if result.job_outcome is not None:
+            line += f", {JOB_WORDS[result.job_outcome].removeprefix('jobs ')}"
+            line += f": {result.job_detail}" if result.job_detail else ""
+        elif result.status_after is not None:
             state = state_name(result.published_after)
             line += f", now {result.status_after} ({state})"
         return line
+    if result.outcome == SKIPPED:
+        return f"{head}: skipped, {result.detail}"
+    if result.outcome == IN_SYNC:
+        return f"{head}: {result.detail}"
     if result.outcome == ALREADY_APPLIED:
         job = f" (job {result.job_id})" if result.job_id else ""
         return f"{head}: already applied{job}, {result.detail}"

@@ -24,6 +24,7 @@ NONE = "none"
 BUSY = "busy"
 NOT_FOUND = "not_found"
 UNREADABLE = "unreadable"
+PROTECTED = "protected"
 ACTIONS = (PUBLISH, UNPUBLISH)
 
 UNPUBLISH_NOTE = (
@@ -32,13 +33,26 @@ UNPUBLISH_NOTE = (
 )
 
 
+PROTECTED_NOTE = (
+    "published, but protected: never unpublished by this tool; "
+    "set `protect: false` on its entry to lift the protection"
+)
+
+
 @dataclass(frozen=True)
 class DesiredDataset:
-    """What the manifest asks for one dataset."""
+    """What the manifest asks for one dataset, and what this tool last did to it.
+
+    `protected` datasets are never unpublished. `last_action` is the action the
+    state file records as submitted and not yet seen to finish; it tells where
+    a queued job heads when the portal's status alone cannot.
+    """
 
     uid: str
     state: str
     dataset_id: str | None = None
+    protected: bool = False
+    last_action: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +151,7 @@ class Plan:
         for kind, label in (
             ("unhealthy", "unhealthy"),
             (BUSY, "busy"),
+            (PROTECTED, "protected"),
             (NOT_FOUND, "not found"),
             (UNREADABLE, "unreadable"),
         ):
@@ -202,10 +217,13 @@ def plan_item(wanted: DesiredDataset, observation: Observation) -> PlanItem:
         warnings=_id_warnings(wanted, observation),
     )
     if status in BUSY_STATUSES:
-        return _busy_item(base, observation.published)
+        return _busy_item(base, observation.published, wanted.last_action)
     if status not in SETTLED_STATUSES:
         return replace(base, kind=UNREADABLE, reason=f"unknown status {status!r}")
-    return _settled_item(base, observation.published)
+    item = _settled_item(base, observation.published)
+    if item.kind == UNPUBLISH and wanted.protected:
+        return replace(item, kind=PROTECTED, reason=PROTECTED_NOTE)
+    return item
 
 
 def _settled_item(base: PlanItem, published: bool) -> PlanItem:
@@ -221,8 +239,10 @@ def _settled_item(base: PlanItem, published: bool) -> PlanItem:
     return replace(base, reason=f"{base.desired}, in sync")
 
 
-def _busy_item(base: PlanItem, published: bool) -> PlanItem:
+def _busy_item(base: PlanItem, published: bool, last_action: str | None) -> PlanItem:
     heading = _heading(base.status or "", published)
+    if heading is None and base.status == "queued" and last_action in ACTIONS:
+        heading = PUBLISHED if last_action == PUBLISH else UNPUBLISHED
     if heading is None:
         outcome = "outcome unknown"
     elif heading == base.desired:

@@ -49,6 +49,7 @@ def plan_to_dict(plan: Plan, *, state_path: Path | None = None) -> dict[str, Any
             "unchanged": counts["none"],
             "unhealthy": counts["unhealthy"],
             "busy": counts["busy"],
+            "protected": counts["protected"],
             "not_found": counts["not_found"],
             "unreadable": counts["unreadable"],
         },

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import jsonschema
 
 from reconciler.errors import StateError
+from reconciler.manifest import Manifest
 from reconciler.schemas import load_schema
 
 STATE_VERSION = 1
@@ -27,6 +29,7 @@ MAX_RUNS = 100
 PENDING = "pending"  # the request is about to be sent, or was sent without answer
 SUBMITTED = "submitted"
 FAILED = "failed"
+UNKNOWN = "unknown"  # the request failed after it was sent and no status was read
 
 
 def utc_now() -> str:
@@ -41,6 +44,15 @@ def default_state_path(manifest_paths: list[Path]) -> Path:
         return first.with_name(first.stem + ".state.json")
     folder = first if first.is_dir() else first.parent
     return folder / "ods-reconciler.state.json"
+
+
+@dataclass(frozen=True)
+class History:
+    """What the state file tells the planner: protections and actions under way."""
+
+    protected: frozenset[str] = frozenset()
+    # The action last submitted per dataset, for the jobs not seen to finish.
+    last_actions: dict[str, str] = field(default_factory=dict)
 
 
 class StateFile:
@@ -78,6 +90,37 @@ class StateFile:
                 "give another --state path for this domain"
             )
         return cls(path, data)
+
+    @property
+    def protected(self) -> set[str]:
+        """Return the uids that must never be unpublished."""
+        return set(self.data.get("protected", []))
+
+    def known(self, manifest: Manifest) -> History:
+        """Return the protections in force and the actions still under way.
+
+        A dataset is protected if the manifest says `protect: true` or the state
+        file remembers it, unless the manifest says `protect: false`.
+        """
+        protected = self.protected
+        for entry in manifest.datasets:
+            if entry.protect is True:
+                protected.add(entry.uid)
+            elif entry.protect is False:
+                protected.discard(entry.uid)
+        last_actions = {
+            uid: record["action"]
+            for uid, record in self.datasets.items()
+            if record.get("outcome") in (PENDING, SUBMITTED)
+            and not record.get("settled")
+        }
+        return History(frozenset(protected), last_actions)
+
+    def remember_protections(self, manifest: Manifest) -> None:
+        """Store the protections in force so that removing an entry keeps them."""
+        protected = sorted(self.known(manifest).protected)
+        with self._lock:
+            self.data["protected"] = protected
 
     @property
     def datasets(self) -> dict[str, dict[str, Any]]:
@@ -121,17 +164,37 @@ class StateFile:
         self.save()
 
     def record_result(
-        self, uid: str, *, job_id: str | None, error: str | None = None
+        self,
+        uid: str,
+        *,
+        job_id: str | None,
+        error: str | None = None,
+        outcome: str | None = None,
     ) -> None:
-        """Record the answer to a request (its job id, or why it failed) and save."""
+        """Record the answer to a request (its job id, or why it failed) and save.
+
+        The outcome is submitted, or failed when an error is given, unless told.
+        """
+        outcome = outcome or (FAILED if error else SUBMITTED)
         with self._lock:
             record = self.datasets[uid]
             record["job_id"] = job_id
-            record["outcome"] = FAILED if error else SUBMITTED
+            record["outcome"] = outcome
             record["error"] = error
             if self._run is not None:
-                self._run["actions" if not error else "failures"] += 1
+                self._run["actions" if outcome == SUBMITTED else "failures"] += 1
         self.save()
+
+    def record_settled(self, uid: str, outcome: str, detail: str | None) -> None:
+        """Record how a job ended (settled, failed or timed out); saved later."""
+        with self._lock:
+            record = self.datasets.get(uid)
+            if record is not None:
+                record["settled"] = {
+                    "outcome": outcome,
+                    "detail": detail,
+                    "at": utc_now(),
+                }
 
     def record_observed(self, uid: str, status: str, published: bool) -> None:
         """Record the status read after an action; saved with the next save."""

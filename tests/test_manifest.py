@@ -10,7 +10,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from reconciler import manifest, schemas
+from reconciler import schemas, yaml_reader
 from reconciler.errors import ManifestError
 from reconciler.manifest import DatasetEntry, load_manifests, manifest_files
 
@@ -496,7 +496,7 @@ def test_load_manifests_points_unknown_keys_at_key(workdir: Path) -> None:
         "unknown.yaml:2:1: $.api_key: unknown key 'api_key' "
         "(allowed keys: version, domain, datasets)",
         "unknown.yaml:6:5: $.datasets[0].stat: unknown key 'stat' "
-        "(allowed keys: uid, state, id, description)",
+        "(allowed keys: uid, state, id, description, protect)",
     ]
 
 
@@ -505,9 +505,9 @@ def test_load_manifests_reads_boolean_like_key_as_written(workdir: Path) -> None
 
     assert problems_of("key.yaml") == [
         "key.yaml:5:5: $.datasets[0].on: unknown key 'on' "
-        "(allowed keys: uid, state, id, description)",
+        "(allowed keys: uid, state, id, description, protect)",
         "key.yaml:6:5: $.datasets[0]['my key']: unknown key 'my key' "
-        "(allowed keys: uid, state, id, description)",
+        "(allowed keys: uid, state, id, description, protect)",
     ]
 
 
@@ -726,7 +726,7 @@ def test_load_manifests_without_libyaml_reports_same_problems(
     )
     with_libyaml = problems_of("many.yaml")
 
-    monkeypatch.setattr(manifest, "_LOADER", yaml.SafeLoader)
+    monkeypatch.setattr(yaml_reader, "_LOADER", yaml.SafeLoader)
 
     assert problems_of("many.yaml") == with_libyaml
     assert len(with_libyaml) == 4
@@ -843,7 +843,7 @@ def test_manifest_schema_is_valid_json_schema() -> None:
 def test_manifest_schema_describes_every_property() -> None:
     properties = list(walk_properties(manifest_schema(), "$"))
 
-    assert len(properties) == 7
+    assert len(properties) == 8
     for where, subschema in properties:
         assert subschema.get("description"), where
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 from click.testing import Result
 
-from reconciler.cli import EXIT_CODES
+from reconciler.cli_options import EXIT_CODES
 from reconciler.simulator import SimulatedDataset, Simulator
 from tests.conftest import API_KEY, ROOT, write_manifest
 
@@ -63,14 +63,14 @@ def test_saved_plan_applies_once(
     assert planned.stderr == f"Plan saved to {saved}\n"
     assert API_KEY not in saved.read_text()
 
-    first = run_cli("apply", str(saved))
+    first = run_cli("apply", "--allow-unpublish", "1", str(saved))
     assert first.exit_code == 0, first.output
     assert first.stdout.endswith(
         f"2 submitted, 0 failed\nState file: {tmp_path / 'm.state.json'}\n"
     )
     assert job_count(simulator) == 2
 
-    second = run_cli("apply", str(saved))
+    second = run_cli("apply", "--allow-unpublish", "1", str(saved))
     assert second.exit_code == 0, second.output
     assert "da_pub001: already applied (job " in second.stdout
     assert "0 submitted, 0 failed, 2 already applied" in second.stdout
@@ -87,7 +87,7 @@ def test_saved_plan_refused_when_state_moved(
 
     act_behind_our_back(simulator, "da_pub001", "publish")
     wait_idle(simulator, ["da_pub001"])
-    result = run_cli("apply", str(saved))
+    result = run_cli("apply", "--allow-unpublish", "1", str(saved))
     assert result.exit_code == 4, result.output
     assert (
         "  publish    da_pub001: REFUSED: live state moved since the plan: "

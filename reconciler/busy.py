@@ -1,0 +1,99 @@
+"""What apply does with a dataset that is busy when it wants to act: --on-busy."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from reconciler.apply import (
+    FAILED,
+    IN_SYNC,
+    SKIPPED,
+    SUBMITTED,
+    ActionResult,
+    send_action,
+    skip_busy,
+)
+from reconciler.client import Client
+from reconciler.errors import ApiError
+from reconciler.plan import (
+    PUBLISHED,
+    UNPUBLISHED,
+    DesiredDataset,
+    PlanItem,
+    plan_item,
+)
+from reconciler.state import StateFile
+from reconciler.waiting import wait_until_settled
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("skip", "wait", "abort")
+BusyHandler = Callable[[PlanItem], ActionResult]
+
+
+def busy_handler(
+    policy: str, client: Client, state: StateFile, *, timeout: float
+) -> BusyHandler:
+    """Return the handler of busy datasets for an --on-busy policy."""
+    if policy == "skip":
+        return skip_busy
+
+    def wait(item: PlanItem) -> ActionResult:
+        return wait_then_act(client, state, item, timeout)
+
+    def abort(item: PlanItem) -> ActionResult:
+        if not aborts_a_publish(item):
+            return skip_busy(item)
+        return abort_then_unpublish(client, state, item, timeout)
+
+    return wait if policy == "wait" else abort
+
+
+def aborts_a_publish(item: PlanItem) -> bool:
+    """Tell whether the dataset must be unpublished while a publish runs."""
+    return (
+        item.desired == UNPUBLISHED
+        and item.heading == PUBLISHED
+        and item.status in ("queued", "processing")
+    )
+
+
+def wait_then_act(
+    client: Client, state: StateFile, item: PlanItem, timeout: float
+) -> ActionResult:
+    """Wait for the dataset to settle, then plan it again and act if needed."""
+    settled = wait_until_settled(client, [item.uid], timeout=timeout)
+    observed = settled.observed.get(item.uid)
+    if observed is None:
+        detail = f"still busy after waiting {timeout:g}s: {item.reason}"
+        return ActionResult(item.uid, "none", SKIPPED, detail=detail)
+    desired = DesiredDataset(item.uid, item.desired, item.dataset_id)
+    again = plan_item(desired, observed)
+    if again.is_action:
+        return send_action(client, state, again)
+    return ActionResult(item.uid, "none", IN_SYNC, detail=f"now {again.reason}")
+
+
+def abort_then_unpublish(
+    client: Client, state: StateFile, item: PlanItem, timeout: float
+) -> ActionResult:
+    """Abort the publish under way, wait for it to stop, then unpublish."""
+    state.record_intent(item.uid, "abort_processing")
+    try:
+        job_id = client.abort_processing(item.uid)
+    except ApiError as error:
+        state.record_result(item.uid, job_id=None, error=str(error))
+        return ActionResult(item.uid, "abort_processing", FAILED, detail=str(error))
+    state.record_result(item.uid, job_id=job_id)
+    log.info("abort_processing %s: job %s", item.uid, job_id)
+    result = wait_then_act(client, state, item, timeout)
+    if result.outcome == SUBMITTED:
+        return ActionResult(
+            item.uid,
+            result.action,
+            SUBMITTED,
+            job_id=result.job_id,
+            detail="after aborting the publish under way",
+        )
+    return result

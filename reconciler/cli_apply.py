@@ -1,0 +1,249 @@
+"""The apply command: act on a fresh plan or on a saved one."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from reconciler.apply import FAILED, SKIPPED, STALE, ActionResult, apply_plan
+from reconciler.busy import POLICIES, busy_handler
+from reconciler.cli_options import (
+    EXIT_CODES_HELP,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_STALE,
+    domain_option,
+    exclude_option,
+    make_selector,
+    only_option,
+    open_target,
+    parallelism_option,
+    show_unchanged_option,
+    use_color,
+)
+from reconciler.client import Client, Credentials, base_url_for
+from reconciler.errors import ConfigError, GuardError
+from reconciler.follow import follow_jobs
+from reconciler.lock import StateLock
+from reconciler.manifest import manifest_files
+from reconciler.observe import plan_manifest
+from reconciler.output import render_plan, render_results
+from reconciler.plan import NOT_FOUND, UNPUBLISH, UNREADABLE, Plan
+from reconciler.planfile import is_saved_plan, load_plan
+from reconciler.progress import Progress
+from reconciler.state import StateFile, default_state_path
+
+# Apply refuses a plan that unpublishes more than this many datasets, or more
+# than this share of the managed ones, unless --allow-unpublish allows it.
+UNPUBLISH_LIMIT = 10
+UNPUBLISH_SHARE = 0.25
+DEFAULT_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """How apply behaves, from its command-line options."""
+
+    dry_run: bool
+    parallelism: int
+    on_busy: str
+    wait: bool
+    timeout: float
+    allow_unpublish: int
+
+
+def check_unpublish_guard(plan: Plan, managed: int, allowed: int) -> None:
+    """Refuse a plan that unpublishes many datasets unless the user allowed it."""
+    count = sum(1 for item in plan.items if item.kind == UNPUBLISH)
+    if count <= allowed:
+        return
+    if count > UNPUBLISH_LIMIT or count > UNPUBLISH_SHARE * managed:
+        raise GuardError(
+            f"the plan unpublishes {count} of {managed} managed datasets, more than "
+            f"{UNPUBLISH_LIMIT} or {UNPUBLISH_SHARE:.0%}; review the plan above, then "
+            f"run again with --allow-unpublish {count}"
+        )
+
+
+def apply_exit_code(plan: Plan, results: Sequence[ActionResult]) -> int:
+    """Choose the exit code of apply from what failed, was skipped or succeeded."""
+    failed = sum(1 for result in results if result.outcome == FAILED)
+    failed += sum(
+        1 for result in results if result.job_outcome not in (None, "succeeded")
+    )
+    failed += sum(1 for item in plan.items if item.kind in (NOT_FOUND, UNREADABLE))
+    skipped = sum(1 for result in results if result.outcome == SKIPPED)
+    if failed and not any(result.succeeded for result in results):
+        return EXIT_ERROR
+    if failed or skipped:
+        return EXIT_PARTIAL
+    if any(result.outcome == STALE for result in results):
+        return EXIT_STALE
+    return EXIT_OK
+
+
+@click.command("apply", epilog=EXIT_CODES_HELP)
+@click.argument("sources", nargs=-1, required=True, type=click.Path())
+@domain_option
+@parallelism_option
+@show_unchanged_option
+@only_option
+@exclude_option
+@click.option("--dry-run", is_flag=True, help="Show the actions without sending them.")
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="State file [default: beside the manifest, NAME.state.json].",
+)
+@click.option(
+    "--on-busy",
+    type=click.Choice(POLICIES),
+    default="skip",
+    show_default=True,
+    help="For a busy dataset that will not reach its desired state by itself: "
+    "skip it, wait for it (up to --timeout), or abort a publish under way "
+    "when it must be unpublished.",
+)
+@click.option(
+    "--wait", is_flag=True, help="Follow the submitted jobs until they finish."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds --wait and --on-busy wait wait at most.",
+)
+@click.option(
+    "--allow-unpublish",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help=f"Allow up to N unpublishes; without it, more than {UNPUBLISH_LIMIT} "
+    f"or more than {UNPUBLISH_SHARE:.0%} of the managed datasets are refused.",
+)
+def apply_command(
+    sources: tuple[str, ...],
+    domain: str | None,
+    parallelism: int,
+    show_unchanged: bool,
+    only: tuple[str, ...],
+    exclude: tuple[str, ...],
+    dry_run: bool,
+    state_path: Path | None,
+    on_busy: str,
+    wait: bool,
+    timeout: float,
+    allow_unpublish: int,
+) -> None:
+    """Publish and unpublish datasets until the portal matches the manifest.
+
+    SOURCES are manifest files or folders, or one plan saved by `plan --out`:
+    then exactly that plan is applied, and a dataset whose live state moved
+    since the plan is refused.
+    """
+    options = ApplyOptions(
+        dry_run, parallelism, on_busy, wait, timeout, allow_unpublish
+    )
+    if len(sources) == 1 and is_saved_plan(Path(sources[0])):
+        if only or exclude:
+            raise ConfigError(
+                "--only and --exclude apply when planning, not to a saved plan"
+            )
+        sys.exit(apply_saved(Path(sources[0]), domain, state_path, options))
+
+    target = open_target(sources, domain, parallelism)
+    manifest = target.manifest
+    path = state_path or default_state_path(manifest_files(sources))
+    with StateLock(path, "apply") if not dry_run else _no_lock():
+        state = StateFile.load(path, target.client.domain)
+        the_plan = plan_manifest(
+            target.client,
+            manifest,
+            parallelism=parallelism,
+            select=make_selector(only, exclude),
+            known=state.known(manifest),
+        )
+        color = use_color()
+        click.echo(render_plan(the_plan, show_unchanged=show_unchanged, color=color))
+        click.echo()
+        check_unpublish_guard(the_plan, len(manifest.datasets), allow_unpublish)
+        if not dry_run:
+            state.remember_protections(manifest)
+        code = run_apply(the_plan, target.client, state, options)
+    sys.exit(code)
+
+
+def apply_saved(
+    path: Path, domain: str | None, state_path: Path | None, options: ApplyOptions
+) -> int:
+    """Apply a saved plan to the portal it was made for; return the exit code."""
+    the_plan, body = load_plan(path)
+    base_url = base_url_for(domain) if domain else the_plan.base_url
+    if base_url is None or base_url != the_plan.base_url:
+        raise ConfigError(
+            f"{path}: the plan was made for {the_plan.base_url}, not {base_url}"
+        )
+    client = Client(base_url, Credentials.from_env(), pool_size=options.parallelism)
+    recorded = body.get("state_path")
+    path_of_state = state_path or (Path(recorded) if recorded else None)
+    if path_of_state is None:
+        raise ConfigError(f"{path}: the plan names no state file; give --state")
+    click.echo(f"Applying the plan saved in {path} ({the_plan.summary()})\n")
+    check_unpublish_guard(the_plan, len(the_plan.items), options.allow_unpublish)
+    with StateLock(path_of_state, "apply") if not options.dry_run else _no_lock():
+        state = StateFile.load(path_of_state, client.domain)
+        return run_apply(the_plan, client, state, options, plan_id=body["plan_id"])
+
+
+def run_apply(
+    the_plan: Plan,
+    client: Client,
+    state: StateFile,
+    options: ApplyOptions,
+    plan_id: str | None = None,
+) -> int:
+    """Apply a plan, print the results, record the run; return the exit code."""
+    if not options.dry_run:
+        state.begin_run("apply", the_plan.manifest_digest, dry_run=False)
+    progress = Progress(len(the_plan.actions))
+    handler = busy_handler(options.on_busy, client, state, timeout=options.timeout)
+    results = apply_plan(
+        the_plan,
+        client,
+        None if options.dry_run else state,
+        dry_run=options.dry_run,
+        parallelism=options.parallelism,
+        plan_id=plan_id,
+        handle_busy=handler,
+        on_done=progress.advance,
+    )
+    progress.close()
+    if options.wait and not options.dry_run:
+        desired = {item.uid: item.desired for item in the_plan.items}
+        results = follow_jobs(client, state, results, desired, timeout=options.timeout)
+    click.echo(render_results(results, client.domain, dry_run=options.dry_run))
+    code = apply_exit_code(the_plan, results)
+    if not options.dry_run:
+        state.finish_run(RUN_OUTCOMES.get(code, "failed"))
+        click.echo(f"State file: {state.path}")
+    return code
+
+
+RUN_OUTCOMES = {EXIT_OK: "succeeded", EXIT_PARTIAL: "partial", EXIT_STALE: "stale"}
+
+
+class _no_lock:
+    """Stand in for the lock in a dry run, which writes nothing."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
