@@ -3,10 +3,10 @@
 Usage: python measure_child.py RESULT_PATH COMMAND [ARGUMENT...]
 
 On Linux a child's peak RSS starts at its parent's, because exec records the
-high-water mark of the memory the child had before it; a benchmark that has
-imported the package would inflate every figure. This launcher imports only a
-few standard modules, so the figure it passes on is the command's own, as
-`time -v` reports it. The command inherits the standard streams and its exit
+high-water mark of the memory that the child had before it. A benchmark that
+has imported the package would inflate every figure. This launcher imports
+only a few standard modules, so the figure it passes on is the command's own,
+as `time -v` reports it. The command inherits the standard streams and its exit
 code becomes the launcher's.
 """
 

@@ -15,63 +15,59 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-import requests
+from bounds import apply_bound, naive_bound, plan_bound
+from harness import (
+    DRIFT_FRACTION,
+    PUBLISHED_FRACTION,
+    RANDOM_SEED,
+    BenchmarkError,
+    Finished,
+    RunningSimulator,
+    checked,
+    drift_count,
+    run_child,
+    simulator,
+    write_manifest,
+)
+from report import check_targets, render_report
 
 from reconciler.cli_options import DEFAULT_PARALLELISM
-from reconciler.client import PAGE_SIZE
-from reconciler.simulator import SimulatedDataset, generate_datasets
+from reconciler.simulator import generate_datasets
 
 BENCHMARKS = Path(__file__).resolve().parent
-MEASURE_CHILD = BENCHMARKS / "measure_child.py"
 NAIVE_CLIENT = BENCHMARKS / "naive_client.py"
 OFFLINE_PLAN = BENCHMARKS / "offline_plan.py"
 DEFAULT_JSON = BENCHMARKS / "results" / "latest.json"
-
-# Passed to the simulator and to generate_datasets, so both see the same portal.
-PUBLISHED_FRACTION = 0.5
-RANDOM_SEED = 0
-# Share of the managed datasets out of sync in a plan: a realistic drift.
-DRIFT_FRACTION = 0.02
-API_KEY = "benchmark-key"
-# Variables of the caller's environment that would change what the CLI does.
-REMOVED_VARIABLES = (
-    "ODS_DOMAIN",
-    "ODS_USERNAME",
-    "ODS_PASSWORD",
-    "GITHUB_ACTIONS",
-    "GITHUB_STEP_SUMMARY",
-)
-LISTENING = re.compile(r"Simulator listening on (http://127\.0\.0\.1:\d+)(/\S+)")
 PLAN_SUMMARY = re.compile(r"(\d+) to publish, (\d+) to unpublish")
 
-# Targets: plan wall time at the largest size and apply wall time, as multiples
-# of their latency bound; offline CPU seconds and peak megabytes.
-PLAN_WALL_TARGET = 1.5
-APPLY_WALL_TARGET = 1.3
-OFFLINE_CPU_TARGET = 3.0
-OFFLINE_RSS_TARGET = 300.0
-
-
-class BenchmarkError(Exception):
-    """A measurement could not be made or measured something else."""
+# Measurements of the full run, and of --quick, unless options override them.
+FULL_DEFAULTS: dict[str, Any] = {
+    "latency": 0.05,
+    "sizes": (100, 1000, 10_000),
+    "changes": 1000,
+    "offline_size": 100_000,
+}
+QUICK_DEFAULTS: dict[str, Any] = {
+    "latency": 0.0,
+    "sizes": (30, 250),
+    "changes": 20,
+    "offline_size": 2000,
+}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What to measure and with what simulated latency."""
+    """Measurements to make, their sizes and the simulated latency."""
 
     latency: float
     sizes: tuple[int, ...]
@@ -82,48 +78,65 @@ class Settings:
     json_path: Path
 
 
-@dataclass(frozen=True)
-class Finished:
-    """A child process's exit code, output and resource use."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-    wall_seconds: float
-    cpu_seconds: float
-    peak_rss_mb: float
-
-
 def parse_settings(argv: Sequence[str]) -> Settings:
-    """Read the command line; --quick picks small sizes and no latency."""
+    """Read the command line; --quick changes the defaults to a run of seconds."""
     parser = argparse.ArgumentParser(
         description="Benchmark ods-reconcile plan and apply against the simulator."
     )
-    parser.add_argument("--latency", type=float, help="seconds added per request")
     parser.add_argument(
-        "--sizes", help="managed datasets of each plan, comma-separated"
+        "--latency",
+        type=float,
+        help="seconds the simulator adds to each request (default 0.05; 0 quick)",
     )
-    parser.add_argument("--changes", type=int, help="datasets that apply changes")
-    parser.add_argument("--offline-size", type=int, help="datasets of offline plan")
-    parser.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM)
+    parser.add_argument(
+        "--sizes",
+        type=parse_sizes,
+        help="managed datasets of each plan, comma-separated "
+        "(default 100,1000,10000; 30,250 quick)",
+    )
+    parser.add_argument(
+        "--changes",
+        type=int,
+        help="datasets that apply changes, in a manifest of the largest size "
+        "(default 1000; 20 quick)",
+    )
+    parser.add_argument(
+        "--offline-size",
+        type=int,
+        help="datasets of the offline validate and plan (default 100000; 2000 quick)",
+    )
+    parser.add_argument(
+        "--parallelism",
+        type=int,
+        default=DEFAULT_PARALLELISM,
+        help="--parallelism of plan and apply (default %(default)s, as the CLI's)",
+    )
     parser.add_argument(
         "--naive-limit",
         type=int,
         default=1000,
-        help="datasets the naive client handles per run; beyond, its time is "
-        "extrapolated",
+        help="datasets the naive client handles in one run; beyond that number, "
+        "its wall time is extrapolated (default %(default)s)",
     )
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, dest="json_path")
-    parser.add_argument("--quick", action="store_true", help="a few seconds' run")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        dest="json_path",
+        help="file to write the results to (default benchmarks/results/latest.json)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and no latency, for tests"
+    )
     arguments = parser.parse_args(argv)
 
-    quick = arguments.quick
-    sizes_text = arguments.sizes or ("30,250" if quick else "100,1000,10000")
+    defaults = QUICK_DEFAULTS if arguments.quick else FULL_DEFAULTS
+    chosen = {
+        name: default if getattr(arguments, name) is None else getattr(arguments, name)
+        for name, default in defaults.items()
+    }
     settings = Settings(
-        latency=_pick(arguments.latency, 0.0 if quick else 0.05),
-        sizes=tuple(int(size) for size in sizes_text.split(",")),
-        changes=_pick(arguments.changes, 20 if quick else 1000),
-        offline_size=_pick(arguments.offline_size, 2000 if quick else 100_000),
+        **chosen,
         parallelism=arguments.parallelism,
         naive_limit=arguments.naive_limit,
         json_path=arguments.json_path,
@@ -134,8 +147,14 @@ def parse_settings(argv: Sequence[str]) -> Settings:
     return settings
 
 
-def _pick(value: Any, default: Any) -> Any:
-    return default if value is None else value
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """Read a comma-separated list of numbers of datasets."""
+    try:
+        return tuple(int(size) for size in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid sizes {text!r}: expected numbers such as 100,1000"
+        ) from None
 
 
 def settings_problem(settings: Settings) -> str | None:
@@ -149,187 +168,6 @@ def settings_problem(settings: Settings) -> str | None:
     if min(settings.parallelism, settings.naive_limit, settings.offline_size) < 1:
         return "--parallelism, --naive-limit and --offline-size must be positive"
     return None
-
-
-# --- Workload: the portal, the manifests and the child processes ----------------
-
-
-def drift_count(datasets: int) -> int:
-    """Count the datasets out of sync in a plan of this size, at least one."""
-    return max(1, round(datasets * DRIFT_FRACTION))
-
-
-def write_manifest(path: Path, portal: Sequence[SimulatedDataset], flips: int) -> Path:
-    """Write a manifest of the portal's datasets, `flips` of them in the other state.
-
-    The flipped datasets are spread evenly, so that any prefix of the manifest
-    has its share of them.
-    """
-    flipped = {number * len(portal) // flips for number in range(flips)}
-    lines = ["version: 1", "datasets:"]
-    for number, dataset in enumerate(portal):
-        published = dataset.published != (number in flipped)
-        lines += [
-            f"  - uid: {dataset.uid}",
-            f"    id: {dataset.dataset_id}",
-            f"    state: {'published' if published else 'unpublished'}",
-        ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def child_environment() -> dict[str, str]:
-    """Return the environment of every child: the caller's, with our API key."""
-    environment = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in REMOVED_VARIABLES
-    }
-    environment["ODS_API_KEY"] = API_KEY
-    return environment
-
-
-def run_child(command: Sequence[str]) -> Finished:
-    """Run a command to its end; measure its wall time, CPU time and peak RSS."""
-    with (
-        tempfile.TemporaryFile() as stdout,
-        tempfile.TemporaryFile() as stderr,
-        tempfile.TemporaryDirectory() as folder,
-    ):
-        result_path = Path(folder) / "figures.json"
-        launcher = [sys.executable, str(MEASURE_CHILD), str(result_path)]
-        subprocess.run(
-            [*launcher, *command], stdout=stdout, stderr=stderr, env=child_environment()
-        )
-        figures = json.loads(result_path.read_text(encoding="utf-8"))
-        stdout.seek(0)
-        stderr.seek(0)
-        return Finished(
-            returncode=figures["returncode"],
-            stdout=stdout.read().decode(errors="replace"),
-            stderr=stderr.read().decode(errors="replace"),
-            wall_seconds=figures["wall_seconds"],
-            cpu_seconds=figures["cpu_seconds"],
-            peak_rss_mb=figures["peak_rss_bytes"] / 1e6,
-        )
-
-
-def checked(finished: Finished, what: str) -> Finished:
-    """Return a finished child, or raise if it failed."""
-    if finished.returncode != 0:
-        raise BenchmarkError(
-            f"{what} exited with {finished.returncode}: {finished.stderr[-2000:]}"
-        )
-    return finished
-
-
-@dataclass(frozen=True)
-class RunningSimulator:
-    """The URLs of a simulator started for one measurement."""
-
-    api_url: str
-    stats_url: str
-
-    def requests_by_route(self) -> dict[str, int]:
-        """Read the simulator's tally of API requests, by route."""
-        session = requests.Session()
-        session.trust_env = False
-        with session:
-            response = session.get(self.stats_url, timeout=30)
-        response.raise_for_status()
-        tally: dict[str, int] = response.json()["requests"]
-        return tally
-
-
-@contextmanager
-def simulator(datasets: int, latency: float) -> Iterator[RunningSimulator]:
-    """Serve `datasets` generated datasets on 127.0.0.1 in another process."""
-    command = [
-        *(sys.executable, "-m", "reconciler", "simulator", "--port", "0"),
-        *("--generate", str(datasets), "--latency", repr(latency)),
-        *("--published-fraction", repr(PUBLISHED_FRACTION)),
-        *("--random-seed", str(RANDOM_SEED)),
-    ]
-    with tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env=child_environment(),
-            text=True,
-        )
-        try:
-            yield _started(process, stderr)
-        finally:
-            _stop(process)
-
-
-def _started(process: subprocess.Popen[str], stderr: TextIO) -> RunningSimulator:
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = LISTENING.search(line)
-    if match is None:
-        _stop(process)
-        stderr.seek(0)
-        raise BenchmarkError(f"the simulator did not start: {line}{stderr.read()}")
-    root = match[1]
-    return RunningSimulator(root + match[2], root + "/__simulator__/stats")
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
-
-
-# --- Lower bounds set by latency -------------------------------------------------
-
-
-def listing_pages(datasets: int) -> int:
-    """Count the listing pages: one per 100 datasets, and at least one."""
-    return max(1, math.ceil(datasets / PAGE_SIZE))
-
-
-def listing_rounds(datasets: int, parallelism: int) -> int:
-    """Count the round trips of a listing: page 1, then the others in parallel."""
-    return 1 + math.ceil((listing_pages(datasets) - 1) / parallelism)
-
-
-def plan_bound(settings: Settings, datasets: int, reads: int) -> dict[str, float]:
-    """Return the fewest requests of a plan and the time their latency takes."""
-    rounds = listing_rounds(datasets, settings.parallelism)
-    rounds += math.ceil(reads / settings.parallelism)
-    return {
-        "requests": listing_pages(datasets) + reads,
-        "wall_seconds": settings.latency * rounds,
-    }
-
-
-def apply_bound(settings: Settings, datasets: int, changes: int) -> dict[str, float]:
-    """Return the same for apply: a plan, the writes, and a listing after them."""
-    bound = plan_bound(settings, datasets, changes)
-    writes = math.ceil(changes / settings.parallelism)
-    rounds_after = writes + listing_rounds(datasets, settings.parallelism)
-    return {
-        "requests": bound["requests"] + changes + listing_pages(datasets),
-        "wall_seconds": bound["wall_seconds"] + settings.latency * rounds_after,
-    }
-
-
-def naive_bound(settings: Settings, requests_sent: int) -> dict[str, float]:
-    """Return the naive client's requests and time: one request after another."""
-    return {
-        "requests": requests_sent,
-        "wall_seconds": settings.latency * requests_sent,
-    }
-
-
-# --- Measurements -----------------------------------------------------------------
 
 
 def cli_command(
@@ -372,9 +210,11 @@ def measure_plan(settings: Settings, datasets: int, workdir: Path) -> dict[str, 
         "datasets": datasets,
         "out_of_sync": drift,
         "ours": child_figures(finished, tally),
-        "bound": plan_bound(settings, datasets, reads=drift),
+        "bound": plan_bound(
+            settings.latency, settings.parallelism, datasets, reads=drift
+        ),
         "naive": naive,
-        "naive_bound": naive_bound(settings, naive["requests"]),
+        "naive_bound": naive_bound(settings.latency, naive["requests"]),
     }
 
 
@@ -386,7 +226,7 @@ def measure_apply(settings: Settings, workdir: Path) -> dict[str, Any]:
     state = workdir / "apply.state.json"
     with simulator(datasets, settings.latency) as running:
         command = cli_command("apply", manifest, running, settings)
-        # Half the changes are unpublishes: more than apply allows unless told.
+        # Half the changes are unpublishes, more than apply allows by default.
         command += ["--state", str(state), "--allow-unpublish", str(settings.changes)]
         finished = checked(run_child(command), "apply")
         tally = running.requests_by_route()
@@ -399,9 +239,11 @@ def measure_apply(settings: Settings, workdir: Path) -> dict[str, Any]:
         "datasets": datasets,
         "changes": settings.changes,
         "ours": child_figures(finished, tally),
-        "bound": apply_bound(settings, datasets, settings.changes),
+        "bound": apply_bound(
+            settings.latency, settings.parallelism, datasets, settings.changes
+        ),
         "naive": naive,
-        "naive_bound": naive_bound(settings, naive["requests"]),
+        "naive_bound": naive_bound(settings.latency, naive["requests"]),
     }
 
 
@@ -452,7 +294,7 @@ def measure_offline(settings: Settings, workdir: Path) -> dict[str, Any]:
     steps = json.loads(finished.stdout)
     if steps["actions"] != drift:
         raise BenchmarkError(f"offline plan found {steps['actions']}, not {drift}")
-    # Generating the portal's state stands in for reading it: not the tool's work.
+    # Generating the portal's state replaces reading it, so it is not counted.
     return {
         "datasets": datasets,
         "out_of_sync": drift,
@@ -461,141 +303,6 @@ def measure_offline(settings: Settings, workdir: Path) -> dict[str, Any]:
         "peak_rss_mb": finished.peak_rss_mb,
         "steps": steps,
     }
-
-
-# --- Targets and report -----------------------------------------------------------
-
-
-def ratio(value: float | None, reference: float | None) -> float | None:
-    """Divide, or return None when either side is missing or the divisor is 0."""
-    if value is None or not reference:
-        return None
-    return value / reference
-
-
-def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Compare the figures with their targets; a target without a bound is skipped."""
-    targets = [
-        _target(
-            f"plan requests, N={plan['datasets']}",
-            plan["ours"]["requests"],
-            plan["bound"]["requests"],
-            "requests",
-        )
-        for plan in results["plan"]
-    ]
-    largest = max(results["plan"], key=lambda plan: plan["datasets"])
-    apply = results["apply"]
-    offline = results["offline"]
-    targets += [
-        _wall_target(
-            f"plan wall / bound, N={largest['datasets']}", largest, PLAN_WALL_TARGET
-        ),
-        _wall_target(
-            f"apply wall / bound, {apply['changes']} changes", apply, APPLY_WALL_TARGET
-        ),
-        _target("offline CPU seconds", offline["cpu_seconds"], OFFLINE_CPU_TARGET),
-        _target("offline peak RSS MB", offline["peak_rss_mb"], OFFLINE_RSS_TARGET),
-    ]
-    return [target for target in targets if target["limit"] is not None]
-
-
-def _wall_target(name: str, result: dict[str, Any], limit: float) -> dict[str, Any]:
-    value = ratio(result["ours"]["wall_seconds"], result["bound"]["wall_seconds"])
-    return _target(name, value, limit if value is not None else None)
-
-
-def _target(
-    name: str, value: float | None, limit: float | None, unit: str = ""
-) -> dict[str, Any]:
-    met = value is not None and limit is not None and value <= limit
-    return {"name": name, "value": value, "limit": limit, "unit": unit, "met": met}
-
-
-def format_number(value: float | None, unit: str = "") -> str:
-    """Format a figure for the table: counts whole, the rest with 2 decimals."""
-    if value is None:
-        return "-"
-    if unit == "requests":
-        return f"{value:,.0f}"
-    return f"{value:,.2f}"
-
-
-def comparison_rows(label: str, result: dict[str, Any]) -> list[list[str]]:
-    """Return the table rows of a plan or apply: requests, wall time, memory."""
-    ours, naive = result["ours"], result["naive"]
-    estimated = "~" if naive["extrapolated_from"] else ""
-    rows = []
-    for figure, key in (
-        ("requests", "requests"),
-        ("wall s", "wall_seconds"),
-        ("peak RSS MB", "peak_rss_mb"),
-    ):
-        bound = result["bound"].get(key)
-        naive_bound = result["naive_bound"].get(key)
-        unit = key if key == "requests" else ""
-        naive_text = format_number(naive[key], unit)
-        if key != "peak_rss_mb":
-            naive_text = estimated + naive_text
-        rows.append(
-            [
-                f"{label} {figure}",
-                format_number(ours[key], unit),
-                format_number(bound, unit),
-                format_number(ratio(ours[key], bound)),
-                naive_text,
-                format_number(naive_bound, unit),
-                format_number(ratio(naive[key], ours[key])),
-            ]
-        )
-    return rows
-
-
-def render_report(results: dict[str, Any]) -> str:
-    """Render the comparison table, the offline figures and the targets."""
-    header = ["figure", "ours", "bound", "ours/bound", "naive", "naive bound"]
-    rows = [[*header, "naive/ours"]]
-    for plan in results["plan"]:
-        rows += comparison_rows(f"plan N={plan['datasets']:,}", plan)
-    apply = results["apply"]
-    rows += comparison_rows(
-        f"apply {apply['changes']:,} of N={apply['datasets']:,}", apply
-    )
-    offline = results["offline"]
-    for figure, key in (
-        ("wall s", "wall_seconds"),
-        ("CPU s", "cpu_seconds"),
-        ("peak RSS MB", "peak_rss_mb"),
-    ):
-        label = f"offline N={offline['datasets']:,} {figure}"
-        rows.append([label, format_number(offline[key]), *["-"] * 5])
-
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if column == 0 else cell.rjust(width)
-            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    estimated = [
-        result
-        for result in [*results["plan"], apply]
-        if result["naive"]["extrapolated_from"]
-    ]
-    if estimated:
-        handled = estimated[0]["naive"]["extrapolated_from"]
-        lines.append(f"~ naive: measured on the first {handled:,} datasets, scaled")
-    lines += ["", "Targets:"]
-    for target in results["targets"]:
-        verdict = "met" if target["met"] else "MISSED"
-        lines.append(
-            f"  {verdict:<6} {target['name']}: "
-            f"{format_number(target['value'], target['unit'])} "
-            f"(target <= {format_number(target['limit'], target['unit'])})"
-        )
-    return "\n".join(lines)
 
 
 def run_benchmarks(settings: Settings, workdir: Path) -> dict[str, Any]:
@@ -628,6 +335,8 @@ def describe_run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # Other processes on the machine slow the measurements down.
+        "load_average": os.getloadavg(),
         "settings": {
             "latency_seconds": settings.latency,
             "sizes": list(settings.sizes),
@@ -653,9 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     results = {**run, **results}
+    load = ", ".join(f"{value:.1f}" for value in run["load_average"])
     print(
-        f"{run['date']}, {run['cpus']} CPUs, latency {settings.latency} s, "
-        f"parallelism {settings.parallelism}\n"
+        f"{run['date']}, {run['cpus']} CPUs, load average {load}, "
+        f"latency {settings.latency} s, parallelism {settings.parallelism}\n"
     )
     print(render_report(results))
     settings.json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from reconciler.cli_options import (
     EXIT_CHANGES,
     EXIT_CODES_HELP,
     EXIT_ERROR,
+    EXIT_LOCKED,
     EXIT_OK,
     domain_option,
     exclude_option,
@@ -33,7 +34,7 @@ from reconciler.demo import demo_command
 from reconciler.errors import ManifestError, ReconcilerError
 from reconciler.export import export_command
 from reconciler.github import annotate_problems, append_step_summary, on_github_actions
-from reconciler.lock import force_unlock_command
+from reconciler.lock import StateLockedError, force_unlock_command
 from reconciler.manifest import load_manifests, manifest_files
 from reconciler.markdown import render_markdown
 from reconciler.observe import plan_manifest
@@ -75,6 +76,9 @@ class ReconcilerGroup(click.Group):
         except click.ClickException as error:
             error.show()
             code = EXIT_ERROR
+        except StateLockedError as error:
+            report_error(error)
+            code = EXIT_LOCKED
         except ReconcilerError as error:
             report_error(error)
             code = EXIT_ERROR

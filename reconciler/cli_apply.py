@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
 
-from reconciler.apply import FAILED, SKIPPED, STALE, ActionResult, apply_plan
+from reconciler.apply import (
+    ALREADY_APPLIED,
+    FAILED,
+    IN_SYNC,
+    SKIPPED,
+    STALE,
+    SUBMITTED,
+    ActionResult,
+    apply_plan,
+)
 from reconciler.busy import POLICIES, busy_handler
 from reconciler.cli_options import (
     EXIT_CODES_HELP,
@@ -28,12 +37,19 @@ from reconciler.cli_options import (
 )
 from reconciler.client import Client, Credentials, base_url_for
 from reconciler.errors import ConfigError, GuardError
-from reconciler.follow import follow_jobs
+from reconciler.follow import JOB_FAILED, JOB_TIMED_OUT, follow_jobs
 from reconciler.lock import StateLock
 from reconciler.manifest import manifest_files
 from reconciler.observe import plan_manifest
 from reconciler.output import render_plan, render_results
-from reconciler.plan import NOT_FOUND, UNPUBLISH, UNREADABLE, Plan
+from reconciler.plan import (
+    NOT_FOUND,
+    PROTECTED,
+    PROTECTED_NOTE,
+    UNPUBLISH,
+    UNREADABLE,
+    Plan,
+)
 from reconciler.planfile import is_saved_plan, load_plan
 from reconciler.progress import Progress
 from reconciler.state import StateFile, default_state_path
@@ -47,7 +63,7 @@ DEFAULT_TIMEOUT = 600.0
 
 @dataclass(frozen=True)
 class ApplyOptions:
-    """How apply behaves, from its command-line options."""
+    """The settings of an apply run, from its command-line options."""
 
     dry_run: bool
     parallelism: int
@@ -71,16 +87,31 @@ def check_unpublish_guard(plan: Plan, managed: int, allowed: int) -> None:
 
 
 def apply_exit_code(plan: Plan, results: Sequence[ActionResult]) -> int:
-    """Choose the exit code of apply from what failed, was skipped or succeeded."""
-    failed = sum(1 for result in results if result.outcome == FAILED)
-    failed += sum(
-        1 for result in results if result.job_outcome not in (None, "succeeded")
+    """Choose the exit code of apply from what failed, was left undone or succeeded.
+
+    A job that --wait saw time out was accepted but is not known to be done, so
+    it counts as left undone, like a skipped busy dataset.
+    """
+    failed = sum(
+        1
+        for result in results
+        if result.outcome == FAILED or result.job_outcome == JOB_FAILED
     )
     failed += sum(1 for item in plan.items if item.kind in (NOT_FOUND, UNREADABLE))
-    skipped = sum(1 for result in results if result.outcome == SKIPPED)
-    if failed and not any(result.succeeded for result in results):
+    undone = sum(
+        1
+        for result in results
+        if result.outcome == SKIPPED or result.job_outcome == JOB_TIMED_OUT
+    )
+    accepted = sum(
+        1
+        for result in results
+        if result.outcome in (SUBMITTED, ALREADY_APPLIED, IN_SYNC)
+        and result.job_outcome != JOB_FAILED
+    )
+    if failed and not accepted and not undone:
         return EXIT_ERROR
-    if failed or skipped:
+    if failed or undone:
         return EXIT_PARTIAL
     if any(result.outcome == STALE for result in results):
         return EXIT_STALE
@@ -118,7 +149,7 @@ def apply_exit_code(plan: Plan, results: Sequence[ActionResult]) -> int:
     type=click.FloatRange(min=0),
     default=DEFAULT_TIMEOUT,
     show_default=True,
-    help="Seconds --wait and --on-busy wait wait at most.",
+    help="Maximum seconds to wait, for --wait and for --on-busy wait.",
 )
 @click.option(
     "--allow-unpublish",
@@ -199,7 +230,22 @@ def apply_saved(
     check_unpublish_guard(the_plan, len(the_plan.items), options.allow_unpublish)
     with StateLock(path_of_state, "apply") if not options.dry_run else _no_lock():
         state = StateFile.load(path_of_state, client.domain)
+        the_plan = protect_items(the_plan, state.protected)
         return run_apply(the_plan, client, state, options, plan_id=body["plan_id"])
+
+
+def protect_items(plan: Plan, protected: set[str]) -> Plan:
+    """Turn the unpublishes of protected datasets into protected items.
+
+    A plan saved before the state file recorded a protection must not undo it.
+    """
+    items = tuple(
+        replace(item, kind=PROTECTED, reason=PROTECTED_NOTE)
+        if item.kind == UNPUBLISH and item.uid in protected
+        else item
+        for item in plan.items
+    )
+    return replace(plan, items=items)
 
 
 def run_apply(

@@ -21,13 +21,15 @@ EXIT_ERROR = 1
 EXIT_CHANGES = 2
 EXIT_PARTIAL = 3
 EXIT_STALE = 4
+EXIT_LOCKED = 5
 
 EXIT_CODES = (
     (EXIT_OK, "success; for plan and drift, nothing to change"),
     (EXIT_ERROR, "error: invalid input, credentials, portal, or every action failed"),
     (EXIT_CHANGES, "changes pending (plan --detailed-exitcode) or drift found (drift)"),
-    (EXIT_PARTIAL, "partial failure: some actions failed, others succeeded"),
+    (EXIT_PARTIAL, "partial: some datasets failed or were left undone, others not"),
     (EXIT_STALE, "stale plan: a saved plan's dataset moved since; it was not acted on"),
+    (EXIT_LOCKED, "locked: another run holds the state file, or its lock is stale"),
 )
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
     f"  {code}  {meaning}" for code, meaning in EXIT_CODES
@@ -78,10 +80,10 @@ def make_selector(
 
 
 def read_history(paths: Sequence[str], target: Target) -> History:
-    """Read protections and actions under way from the default state file, if any."""
+    """Gather the protections and actions under way: manifest and state file."""
     state_path = default_state_path(manifest_files(paths))
-    if not state_path.exists():
-        return History()
+    # A missing state file loads as an empty one, and the manifest's own
+    # protections still count.
     return StateFile.load(state_path, target.client.domain).known(target.manifest)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 import math
@@ -26,6 +27,7 @@ API_PATH = "/api/management/v2"
 PAGE_SIZE = 100
 DEFAULT_TIMEOUT = 30.0
 GET_ATTEMPTS = 5
+THROTTLED_ATTEMPTS = 30
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 # The right each kind of request needs, quoted in 403 messages.
@@ -69,8 +71,12 @@ class Credentials:
         return f"the account in ODS_USERNAME ({self.username})"
 
     def secrets(self) -> tuple[str, ...]:
-        """Return the values that must never be shown."""
-        return tuple(s for s in (self.api_key, self.password) if s)
+        """Return the values that must never be shown, as sent and as given."""
+        values = [self.api_key, self.password]
+        if self.username and self.password:
+            pair = f"{self.username}:{self.password}".encode()
+            values.append(base64.b64encode(pair).decode())
+        return tuple(value for value in values if value)
 
     def __repr__(self) -> str:
         return f"Credentials(source={self.source!r})"
@@ -219,9 +225,9 @@ class Client:
         caller decides, by reading the status, whether to send it again.
         """
         path = f"/datasets/{uid}/{action}"
-        for attempt in range(self.get_attempts):
+        for attempt in range(THROTTLED_ATTEMPTS):
             response = self._send("PUT", path, None, uid=uid)
-            if response.status_code != 429 or attempt + 1 == self.get_attempts:
+            if response.status_code != 429 or attempt + 1 == THROTTLED_ATTEMPTS:
                 break
             delay = _retry_delay(attempt, response)
             log.info("PUT %s: HTTP 429, retrying in %.1fs", path, delay)
@@ -243,28 +249,37 @@ class Client:
     def _get(
         self, path: str, params: Mapping[str, Any] | None, *, uid: str | None = None
     ) -> Any:
-        """Send a GET, retrying on connection errors, timeouts, 429 and 5xx."""
-        last_problem = ""
-        for attempt in range(self.get_attempts):
+        """Send a GET, retrying on connection errors, timeouts, 429 and 5xx.
+
+        429 answers have their own, larger budget: the portal asks to wait, not
+        to give up, and the throttle has already slowed the whole run down.
+        """
+        failures = throttled = 0
+        while True:
             response: requests.Response | None = None
             try:
                 response = self._send("GET", path, params, uid=uid)
             except ApiError as error:
                 if error.status_code is not None:
                     raise
+                failures += 1
                 last_problem = str(error)
             else:
                 if response.status_code not in RETRY_STATUSES:
                     break
+                if response.status_code == 429:
+                    throttled += 1
+                else:
+                    failures += 1
                 last_problem = f"HTTP {response.status_code}"
-            if attempt + 1 < self.get_attempts:
-                delay = _retry_delay(attempt, response)
-                log.info("GET %s: %s, retrying in %.1fs", path, last_problem, delay)
-                time.sleep(delay)
-        else:
-            raise ApiError(
-                f"GET {path} failed after {self.get_attempts} attempts: {last_problem}"
-            )
+            if failures >= self.get_attempts or throttled >= THROTTLED_ATTEMPTS:
+                attempts = failures + throttled
+                raise ApiError(
+                    f"GET {path} failed after {attempts} attempts: {last_problem}"
+                )
+            delay = _retry_delay(max(failures, 1) - 1, response)
+            log.info("GET %s: %s, retrying in %.1fs", path, last_problem, delay)
+            time.sleep(delay)
         assert response is not None
         if response.status_code >= 400:
             raise self._error("GET", path, response, uid=uid)

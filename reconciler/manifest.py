@@ -241,7 +241,10 @@ def _boolean_spelling_problems(file: ManifestFile) -> list[Problem]:
     for parts, text in file.typed_scalars.items():
         if not parts or parts[-1] not in _BOOLEAN_KEYS:
             continue
-        value = file.value_at(parts)
+        try:
+            value = file.value_at(parts)
+        except (KeyError, IndexError, TypeError):
+            continue  # a key written twice: its value is reported elsewhere
         if isinstance(value, bool) and text.lower() not in ("true", "false"):
             line, column = file.locate(parts)
             message = (
@@ -441,8 +444,10 @@ def _duplicate_uid_problems(files: list[ManifestFile]) -> list[Problem]:
             )
             parts: JsonPath = ("datasets", index, "uid")
             line, column = file.locate(parts)
+            # A uid that breaks the pattern may hold a line break: keep it escaped.
+            shown = uid.encode("unicode_escape").decode("ascii")
             message = (
-                f"{uid} is already declared at "
+                f"{shown} is already declared at "
                 f"{first_file.path}:{first_line}:{first_column}"
             )
             problems.append(

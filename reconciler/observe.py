@@ -58,7 +58,7 @@ def observe(
 ) -> tuple[dict[str, Observation], list[UnmanagedDataset]]:
     """Observe each desired dataset; also list the datasets no manifest manages.
 
-    `managed` holds every uid of the manifest, including those left out of
+    `managed` contains every uid of the manifest, including those left out of
     `desired` by a selection: they are not reported as unmanaged.
     """
     wanted = {entry.uid for entry in desired}

@@ -54,11 +54,7 @@ RESULT_WORDS = {
     ALREADY_APPLIED: "already applied",
     IN_SYNC: "in sync after waiting",
 }
-JOB_WORDS = {
-    "succeeded": "jobs succeeded",
-    "failed": "jobs failed",
-    "timed_out": "jobs timed out",
-}
+JOB_WORDS = {"succeeded": "succeeded", "failed": "failed", "timed_out": "timed out"}
 
 
 def item_label(item: PlanItem) -> str:
@@ -74,11 +70,12 @@ def plural(count: int, noun: str) -> str:
 
 
 def item_reason(item: PlanItem) -> str:
-    """Explain an item; an action's explanation starts with the change it makes."""
+    """Explain an item on one line; an action's starts with the change it makes."""
+    reason = " ".join(item.reason.split())
     if not item.is_action:
-        return item.reason
+        return reason
     change = f"{item.current} -> {item.desired}"
-    return f"{change}; {item.reason}" if item.reason else change
+    return f"{change}; {reason}" if reason else change
 
 
 def item_name(uid: str, dataset_id: str | None) -> str:
@@ -179,7 +176,7 @@ def render_results(
     jobs = Counter(result.job_outcome for result in results if result.job_outcome)
     if jobs:
         totals += "; " + ", ".join(
-            f"{jobs[key]} {word}" for key, word in JOB_WORDS.items()
+            f"{plural(jobs[key], 'job')} {word}" for key, word in JOB_WORDS.items()
         )
     return "\n".join([*lines, "", totals])
 
@@ -199,7 +196,7 @@ def _result_line(result: ActionResult) -> str:
         if result.detail:
             line += f" ({result.detail})"
         if result.job_outcome is not None:
-            line += f", {JOB_WORDS[result.job_outcome].removeprefix('jobs ')}"
+            line += f", {JOB_WORDS[result.job_outcome]}"
             line += f": {result.job_detail}" if result.job_detail else ""
         elif result.status_after is not None:
             state = state_name(result.published_after)

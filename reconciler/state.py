@@ -143,6 +143,10 @@ class StateFile:
                 "failures": 0,
             }
             runs: list[dict[str, Any]] = self.data["runs"]
+            for run in runs:
+                # A run still "running" when the next one starts was killed.
+                if run.get("outcome") == "running":
+                    run["outcome"] = "interrupted"
             runs.append(self._run)
             del runs[:-MAX_RUNS]
         self.save()

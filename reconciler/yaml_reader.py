@@ -342,6 +342,15 @@ class ManifestFile:
         line, column = _mark_position(event.start_mark)
         frame = _Frame(container, line, column)
         frame.is_key = self._expects_key()
+        if len(self._stack) == MAX_DEPTH:
+            # Deeper values would exhaust Python's recursion limit in the schema
+            # validator; no manifest needs more than a few levels.
+            path = self._next_path()
+            self.add_problem(
+                path, line, column, f"nested deeper than {MAX_DEPTH} levels"
+            )
+            self.rejected.add(path)
+            frame.rejected = True
         if event.tag not in (None, "!", default_tag):
             path = self._next_path()
             self.add_problem(path, line, column, _unsupported_tag_message(event.tag))
@@ -383,6 +392,9 @@ def parse_file(file: ManifestFile, data: bytes) -> bool:
     return True
 
 
+MAX_DEPTH = 50
+
+
 def format_json_path(parts: JsonPath) -> str:
     """Format a path such as ("datasets", 3, "state") as $.datasets[3].state."""
     text = ["$"]
@@ -393,6 +405,7 @@ def format_json_path(parts: JsonPath) -> str:
             text.append(f".{part}")
         else:
             escaped = part.replace("\\", "\\\\").replace("'", "\\'")
+            escaped = escaped.replace("\n", "\\n").replace("\r", "\\r")
             text.append(f"['{escaped}']")
     return "".join(text)
 

@@ -169,7 +169,7 @@ def test_export_then_plan_has_no_changes(
         f"~ busy        da_bsy003 (census): processing since {busy_since}; heads to "
         "published, not unpublished: plan again once it settles\n"
         "! unhealthy   da_err006 (ev-charging): published, but last run ended in "
-        "error: Source\nunreachable\n"
+        "error: Source unreachable\n"
         "\n"
         "0 to publish, 0 to unpublish, 4 unchanged, 1 unhealthy, 1 busy\n"
     )

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from reconciler.cli import cli
+from reconciler.cli_options import EXIT_LOCKED
 from reconciler.lock import (
     StateLock,
     StateLockedError,
@@ -37,7 +38,7 @@ def lock_path(state_path: Path) -> Path:
     return state_path.with_name("m.state.json.lock")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def fast_rereads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Reread an invalid lock file without waiting, to keep the tests fast."""
     monkeypatch.setattr("reconciler.lock.READ_INTERVAL_SECONDS", 0.0)
@@ -230,6 +231,7 @@ def test_state_lock_hint_quotes_state_path(tmp_path: Path, dead_pid: int) -> Non
         "no-command",
     ],
 )
+@pytest.mark.usefixtures("fast_rereads")
 def test_state_lock_invalid_lock_file(
     state_path: Path, lock_path: Path, content: str, problem: str
 ) -> None:
@@ -377,6 +379,7 @@ def test_force_unlock_without_lock_returns_none(state_path: Path) -> None:
     assert force_unlock(state_path) is None
 
 
+@pytest.mark.usefixtures("fast_rereads")
 def test_force_unlock_invalid_lock_returns_empty(
     state_path: Path, lock_path: Path
 ) -> None:
@@ -463,6 +466,7 @@ def test_force_unlock_command_other_host_needs_yes(
     assert not lock_path.exists()
 
 
+@pytest.mark.usefixtures("fast_rereads")
 def test_force_unlock_command_removes_invalid_lock(
     state_path: Path, lock_path: Path
 ) -> None:
@@ -475,16 +479,12 @@ def test_force_unlock_command_removes_invalid_lock(
     assert not lock_path.exists()
 
 
-# Runs once the force-unlock command is registered in the command group.
-@pytest.mark.skipif(
-    "force-unlock" not in cli.commands, reason="force-unlock not registered yet"
-)
 def test_force_unlock_through_cli_reports_refusal(
     state_path: Path, lock_path: Path
 ) -> None:
     write_lock(lock_path, os.getpid())
     result = CliRunner().invoke(cli, ["force-unlock", str(state_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == EXIT_LOCKED
     assert result.stdout == ""
     assert result.stderr == (
         f"Error: {lock_path} is held by pid {os.getpid()} on host {HOST} since "
