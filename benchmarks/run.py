@@ -233,7 +233,9 @@ def measure_apply(settings: Settings, workdir: Path) -> dict[str, Any]:
 
     writes = sum(count for route, count in tally.items() if route.startswith("PUT"))
     if writes != settings.changes:
-        raise BenchmarkError(f"apply sent {writes} actions, not {settings.changes}")
+        raise BenchmarkError(
+            f"apply sent {writes} actions, expected {settings.changes}"
+        )
     naive = measure_naive(settings, manifest, datasets, changes=settings.changes)
     return {
         "datasets": datasets,
@@ -293,7 +295,9 @@ def measure_offline(settings: Settings, workdir: Path) -> dict[str, Any]:
 
     steps = json.loads(finished.stdout)
     if steps["actions"] != drift:
-        raise BenchmarkError(f"offline plan found {steps['actions']}, not {drift}")
+        raise BenchmarkError(
+            f"offline plan found {steps['actions']} actions, expected {drift}"
+        )
     # Generating the portal's state replaces reading it, so it is not counted.
     return {
         "datasets": datasets,

@@ -6,9 +6,10 @@ plan can be built, tested and rendered without a portal.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 PUBLISHED = "published"
 UNPUBLISHED = "unpublished"
@@ -184,12 +185,28 @@ def build_plan(
 ) -> Plan:
     """Compare each desired dataset with its observation and decide."""
     items = []
-    for wanted in desired:
-        observation = observed.get(wanted.uid)
-        if observation is None:
-            observation = Unobservable(wanted.uid, False, "no observation was made")
-        items.append(plan_item(wanted, observation))
+    # The items are many small objects that contain no cycles: collecting
+    # while building them only costs time (about a quarter at 100,000).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for wanted in desired:
+            observation = observed.get(wanted.uid)
+            if observation is None:
+                observation = Unobservable(wanted.uid, False, "no observation was made")
+            items.append(plan_item(wanted, observation))
+    finally:
+        if collecting:
+            gc.enable()
     return Plan(domain, manifest_digest, tuple(items))
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    kind: str
+    reason: str
+    heading: str | None = None
+    unhealthy: bool = False
 
 
 def plan_item(wanted: DesiredDataset, observation: Observation) -> PlanItem:
@@ -203,55 +220,67 @@ def plan_item(wanted: DesiredDataset, observation: Observation) -> PlanItem:
             dataset_id=wanted.dataset_id,
         )
     status = normalize_status(observation.status)
-    base = PlanItem(
+    verdict = _verdict(wanted, observation, status)
+    return PlanItem(
         uid=wanted.uid,
-        kind=NONE,
+        kind=verdict.kind,
         desired=wanted.state,
-        reason="",
+        reason=verdict.reason,
         dataset_id=observation.dataset_id or wanted.dataset_id,
         published=observation.published,
         status=status,
         since=observation.since,
+        heading=verdict.heading,
+        unhealthy=verdict.unhealthy,
         message=observation.message,
         user=observation.user,
         warnings=_id_warnings(wanted, observation),
     )
+
+
+def _verdict(
+    wanted: DesiredDataset, observation: ObservedDataset, status: str
+) -> _Verdict:
     if status in BUSY_STATUSES:
-        return _busy_item(base, observation.published, wanted.last_action)
+        return _busy_verdict(wanted, observation, status)
     if status not in SETTLED_STATUSES:
-        return replace(base, kind=UNREADABLE, reason=f"unknown status {status!r}")
-    item = _settled_item(base, observation.published)
-    if item.kind == UNPUBLISH and wanted.protected:
-        return replace(item, kind=PROTECTED, reason=PROTECTED_NOTE)
-    return item
+        return _Verdict(UNREADABLE, f"unknown status {status!r}")
+    verdict = _settled_verdict(wanted.state, observation, status)
+    if verdict.kind == UNPUBLISH and wanted.protected:
+        return _Verdict(PROTECTED, PROTECTED_NOTE)
+    return verdict
 
 
-def _settled_item(base: PlanItem, published: bool) -> PlanItem:
-    wants_published = base.desired == PUBLISHED
-    failed = base.status in FAILED_STATUSES
-    last_run = f"last run ended in {base.status}: {base.message or 'no message'}"
+def _settled_verdict(
+    desired: str, observation: ObservedDataset, status: str
+) -> _Verdict:
+    wants_published = desired == PUBLISHED
+    published = observation.published
+    failed = status in FAILED_STATUSES
+    last_run = f"last run ended in {status}: {observation.message or 'no message'}"
     if wants_published and not published:
-        return replace(base, kind=PUBLISH, reason=last_run if failed else "")
+        return _Verdict(PUBLISH, last_run if failed else "")
     if not wants_published and published:
-        return replace(base, kind=UNPUBLISH, reason=UNPUBLISH_NOTE)
+        return _Verdict(UNPUBLISH, UNPUBLISH_NOTE)
     if wants_published and failed:
-        return replace(base, unhealthy=True, reason=f"published, but {last_run}")
-    return replace(base, reason=f"{base.desired}, in sync")
+        return _Verdict(NONE, f"published, but {last_run}", unhealthy=True)
+    return _Verdict(NONE, f"{desired}, in sync")
 
 
-def _busy_item(base: PlanItem, published: bool, last_action: str | None) -> PlanItem:
-    heading = _heading(base.status or "", published)
-    if heading is None and base.status == "queued" and last_action in ACTIONS:
-        heading = PUBLISHED if last_action == PUBLISH else UNPUBLISHED
+def _busy_verdict(
+    wanted: DesiredDataset, observation: ObservedDataset, status: str
+) -> _Verdict:
+    heading = _heading(status, observation.published)
+    if heading is None and status == "queued" and wanted.last_action in ACTIONS:
+        heading = PUBLISHED if wanted.last_action == PUBLISH else UNPUBLISHED
     if heading is None:
         outcome = "outcome unknown"
-    elif heading == base.desired:
+    elif heading == wanted.state:
         outcome = f"heads to {heading}, as desired"
     else:
-        outcome = f"heads to {heading}, not {base.desired}: plan again once it settles"
-    since = f" since {base.since}" if base.since else ""
-    reason = f"{base.status}{since}; {outcome}"
-    return replace(base, kind=BUSY, heading=heading, reason=reason)
+        outcome = f"heads to {heading}, not {wanted.state}: plan again once it settles"
+    since = f" since {observation.since}" if observation.since else ""
+    return _Verdict(BUSY, f"{status}{since}; {outcome}", heading=heading)
 
 
 def _heading(status: str, published: bool) -> str | None:

@@ -68,6 +68,8 @@ class StateFile:
         self._write_lock = threading.Lock()
         self._changes = 0
         self._saved = 0
+        # Encoded line of each dataset record, dropped when the record changes.
+        self._lines: dict[str, str] = {}
         self._run: dict[str, Any] | None = None
 
     @classmethod
@@ -156,6 +158,7 @@ class StateFile:
     ) -> None:
         """Record that a request is about to be sent, before it is, and save."""
         with self._lock:
+            self._lines.pop(uid, None)
             self.datasets[uid] = {
                 "action": action,
                 "plan_id": plan_id,
@@ -182,6 +185,7 @@ class StateFile:
         outcome = outcome or (FAILED if error else SUBMITTED)
         with self._lock:
             record = self.datasets[uid]
+            self._lines.pop(uid, None)
             record["job_id"] = job_id
             record["outcome"] = outcome
             record["error"] = error
@@ -193,6 +197,7 @@ class StateFile:
         """Record how a job ended (settled, failed or timed out); saved later."""
         with self._lock:
             record = self.datasets.get(uid)
+            self._lines.pop(uid, None)
             if record is not None:
                 record["settled"] = {
                     "outcome": outcome,
@@ -204,6 +209,7 @@ class StateFile:
         """Record the status read after an action; saved with the next save."""
         with self._lock:
             record = self.datasets.get(uid)
+            self._lines.pop(uid, None)
             if record is not None:
                 record["observed_after"] = {
                     "name": status,
@@ -233,34 +239,43 @@ class StateFile:
                 return
             with self._lock:
                 covered = self._changes
-                text = serialize(self.data)
+                text = serialize(self.data, self._lines)
             write_atomic(self.path, text, backup=True)
             self._saved = covered
 
 
-def serialize(data: dict[str, Any]) -> str:
+def serialize(data: dict[str, Any], lines: dict[str, str] | None = None) -> str:
     """Write the state as JSON with one run or dataset a line.
 
-    One record a line keeps diffs of a committed state file readable, and the C
-    encoder that json uses without indent keeps a save of thousands of records
-    in the milliseconds.
+    One record a line keeps diffs of a committed state file readable. `lines`
+    caches the line of each dataset record, so that a save re-encodes only the
+    records changed since the last one; the caller removes a changed record's
+    line.
     """
+    lines = {} if lines is None else lines
     fields = []
     for key, value in data.items():
-        if isinstance(value, list):
-            inner = ",\n".join(json.dumps(item, sort_keys=True) for item in value)
-        elif isinstance(value, dict):
+        if key == "datasets":
             inner = ",\n".join(
-                f"{json.dumps(name)}: {json.dumps(value[name], sort_keys=True)}"
-                for name in sorted(value)
+                _dataset_line(value, uid, lines) for uid in sorted(value)
             )
+        elif isinstance(value, list):
+            inner = ",\n".join(json.dumps(item, sort_keys=True) for item in value)
         else:
             fields.append(f"{json.dumps(key)}: {json.dumps(value)}")
             continue
-        opening, closing = ("[", "]") if isinstance(value, list) else ("{", "}")
+        opening, closing = ("{", "}") if key == "datasets" else ("[", "]")
         body = f"\n{inner}\n" if inner else ""
         fields.append(f"{json.dumps(key)}: {opening}{body}{closing}")
     return "{\n" + ",\n".join(fields) + "\n}\n"
+
+
+def _dataset_line(records: dict[str, Any], uid: str, lines: dict[str, str]) -> str:
+    line = lines.get(uid)
+    if line is None:
+        line = f"{json.dumps(uid)}: {json.dumps(records[uid], sort_keys=True)}"
+        lines[uid] = line
+    return line
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 
 from reconciler.errors import StateError
 from reconciler.schemas import load_schema
-from reconciler.state import StateFile, default_state_path
+from reconciler.state import StateFile, default_state_path, serialize
 
 DOMAIN = "portal.example.invalid"
 
@@ -110,3 +110,21 @@ def test_state_invalid_structure_names_place(tmp_path: Path) -> None:
         "the state file was left untouched"
     )
     assert path.read_text() == content
+
+
+def test_state_cached_lines_match_fresh_encoding(tmp_path: Path) -> None:
+    path = tmp_path / "s.state.json"
+    state = StateFile.load(path, DOMAIN)
+    state.begin_run("apply", "sha256:abc", dry_run=False)
+    for uid in ("da_b", "da_a", "da_c"):
+        state.record_intent(uid, "publish")
+    state.record_result("da_a", job_id="a" * 40)
+    state.record_observed("da_a", "queued", False)
+    state.record_settled("da_c", "timed_out", "still running")
+    state.save()
+    assert path.read_text() == serialize(json.loads(path.read_text()))
+    assert json.loads(path.read_text())["datasets"]["da_a"]["observed_after"] == {
+        "at": state.datasets["da_a"]["observed_after"]["at"],
+        "name": "queued",
+        "published": False,
+    }
