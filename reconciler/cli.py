@@ -16,6 +16,7 @@ from reconciler.cli_options import (
     EXIT_ERROR,
     EXIT_LOCKED,
     EXIT_OK,
+    EXIT_STALE,
     domain_option,
     exclude_option,
     format_option,
@@ -31,7 +32,7 @@ from reconciler.cli_options import (
     use_color,
 )
 from reconciler.demo import demo_command
-from reconciler.errors import ManifestError, ReconcilerError
+from reconciler.errors import ManifestError, ReconcilerError, StalePlanError
 from reconciler.export import export_command
 from reconciler.github import annotate_problems, append_step_summary, on_github_actions
 from reconciler.lock import StateLockedError, force_unlock_command
@@ -79,6 +80,9 @@ class ReconcilerGroup(click.Group):
         except StateLockedError as error:
             report_error(error)
             code = EXIT_LOCKED
+        except StalePlanError as error:
+            report_error(error)
+            code = EXIT_STALE
         except ReconcilerError as error:
             report_error(error)
             code = EXIT_ERROR
@@ -172,7 +176,7 @@ def plan(
     )
     if out is not None:
         state_path = default_state_path(manifest_files(manifests))
-        save_plan(the_plan, out, state_path=state_path)
+        save_plan(the_plan, out, state_path=state_path, manifest_paths=manifests)
         click.echo(f"Plan saved to {out}", err=True)
     if has_unobservable(the_plan):
         sys.exit(EXIT_ERROR)

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -36,10 +37,10 @@ from reconciler.cli_options import (
     use_color,
 )
 from reconciler.client import Client, Credentials, base_url_for
-from reconciler.errors import ConfigError, GuardError
+from reconciler.errors import ConfigError, GuardError, ManifestError, StalePlanError
 from reconciler.follow import JOB_FAILED, JOB_TIMED_OUT, follow_jobs
 from reconciler.lock import StateLock
-from reconciler.manifest import manifest_files
+from reconciler.manifest import load_manifests, manifest_files
 from reconciler.observe import plan_manifest
 from reconciler.output import render_plan, render_results
 from reconciler.plan import (
@@ -226,12 +227,32 @@ def apply_saved(
     path_of_state = state_path or (Path(recorded) if recorded else None)
     if path_of_state is None:
         raise ConfigError(f"{path}: the plan names no state file; give --state")
+    check_manifest_unchanged(path, body)
     click.echo(f"Applying the plan saved in {path} ({the_plan.summary()})\n")
     check_unpublish_guard(the_plan, len(the_plan.items), options.allow_unpublish)
     with StateLock(path_of_state, "apply") if not options.dry_run else _no_lock():
         state = StateFile.load(path_of_state, client.domain)
         the_plan = protect_items(the_plan, state.protected)
         return run_apply(the_plan, client, state, options, plan_id=body["plan_id"])
+
+
+def check_manifest_unchanged(path: Path, body: dict[str, Any]) -> None:
+    """Refuse a saved plan whose manifest files changed since it was made."""
+    paths = body["manifest_paths"]
+    if not paths:
+        return
+    try:
+        digest = load_manifests(paths).digest
+    except ManifestError as error:
+        raise StalePlanError(
+            f"{path}: the manifest it was made from no longer loads; make a new "
+            f"plan:\n{error}"
+        ) from None
+    if digest != body["manifest_digest"]:
+        raise StalePlanError(
+            f"{path}: {', '.join(paths)} changed since the plan was made; "
+            "make a new plan"
+        )
 
 
 def protect_items(plan: Plan, protected: set[str]) -> Plan:

@@ -50,3 +50,7 @@ class PlanFileError(ReconcilerError):
 
 class GuardError(ReconcilerError):
     """A plan does more damage than allowed without an explicit flag."""
+
+
+class StalePlanError(PlanFileError):
+    """A saved plan no longer matches its manifest; it must be made again."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,12 @@ ITEM_FIELDS = (
 )
 
 
-def plan_to_dict(plan: Plan, *, state_path: Path | None = None) -> dict[str, Any]:
+def plan_to_dict(
+    plan: Plan,
+    *,
+    state_path: Path | None = None,
+    manifest_paths: Sequence[str] = (),
+) -> dict[str, Any]:
     """Describe the plan in the versioned JSON format of plan.schema.json."""
     counts = plan.counts()
     body: dict[str, Any] = {
@@ -42,6 +48,7 @@ def plan_to_dict(plan: Plan, *, state_path: Path | None = None) -> dict[str, Any
         "base_url": plan.base_url,
         "manifest_digest": plan.manifest_digest,
         "state_path": str(state_path) if state_path else None,
+        "manifest_paths": list(manifest_paths),
         "summary": {
             "text": plan.summary(),
             "publish": counts["publish"],
@@ -65,7 +72,8 @@ def plan_to_dict(plan: Plan, *, state_path: Path | None = None) -> dict[str, Any
 
 def plan_id(body: dict[str, Any]) -> str:
     """Fingerprint what a plan decides: the portal, the digest and the items."""
-    decided = {key: body[key] for key in ("domain", "manifest_digest", "items")}
+    keys = ("domain", "manifest_digest", "manifest_paths", "items")
+    decided = {key: body[key] for key in keys}
     text = json.dumps(decided, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
@@ -75,9 +83,11 @@ def render_json(plan: Plan) -> str:
     return json.dumps(plan_to_dict(plan), indent=2) + "\n"
 
 
-def save_plan(plan: Plan, path: Path, *, state_path: Path | None) -> None:
+def save_plan(
+    plan: Plan, path: Path, *, state_path: Path | None, manifest_paths: Sequence[str]
+) -> None:
     """Write the plan for a later apply, atomically."""
-    body = plan_to_dict(plan, state_path=state_path)
+    body = plan_to_dict(plan, state_path=state_path, manifest_paths=manifest_paths)
     write_atomic(path, json.dumps(body, indent=2) + "\n")
 
 

@@ -247,3 +247,20 @@ def test_exit_code_table_same_in_readme_and_help(run_cli: RunCli) -> None:
     for code, meaning in EXIT_CODES:
         assert f"| {code} | {meaning} |" in readme
         assert f"{code}  {meaning}" in help_text
+
+
+def test_saved_plan_refused_after_manifest_change(
+    tmp_path: Path, start_simulator: StartSimulator, run_cli: RunCli
+) -> None:
+    simulator = start_simulator(PORTAL)
+    manifest = write_manifest(tmp_path / "m.yaml", DESIRED, simulator.url)
+    saved = tmp_path / "plan.json"
+    assert run_cli("plan", "--out", str(saved), str(manifest)).exit_code == 0
+    write_manifest(manifest, DESIRED[:2], simulator.url)
+    result = run_cli("apply", "--allow-unpublish", "1", str(saved))
+    assert result.exit_code == 4
+    assert result.stderr == (
+        f"Error: {saved}: {manifest} changed since the plan was made; "
+        "make a new plan\n"
+    )
+    assert job_count(simulator) == 0
