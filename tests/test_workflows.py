@@ -260,7 +260,6 @@ def test_saved_plan_refused_after_manifest_change(
     result = run_cli("apply", "--allow-unpublish", "1", str(saved))
     assert result.exit_code == 4
     assert result.stderr == (
-        f"Error: {saved}: {manifest} changed since the plan was made; "
-        "make a new plan\n"
+        f"Error: {saved}: {manifest} changed since the plan was made; make a new plan\n"
     )
     assert job_count(simulator) == 0
