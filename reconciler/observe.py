@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -59,37 +59,44 @@ def observe(
     """Observe each desired dataset; also list the datasets no manifest manages.
 
     `managed` contains every uid of the manifest, including those left out of
-    `desired` by a selection: they are not reported as unmanaged.
+    `desired` by a selection: they are not reported as unmanaged. A status
+    read starts as soon as the listing page that calls for it arrives, while
+    the other pages are still read; the client's throttle keeps the requests
+    in flight within `parallelism`.
     """
-    wanted = {entry.uid for entry in desired}
-    managed = wanted.union(managed)
-    listed: dict[str, dict[str, Any]] = {}
-    unmanaged: list[UnmanagedDataset] = []
-    for item in client.list_datasets():
-        uid = item.get("dataset_uid")
-        if uid in wanted:
-            listed[uid] = item
-        elif isinstance(uid, str) and uid not in managed:
-            unmanaged.append(_unmanaged(item, uid))
-    log.info("listing: %d of %d managed datasets found", len(listed), len(wanted))
-
+    wanted = {entry.uid: entry for entry in desired}
+    managed = set(wanted).union(managed)
     observations: dict[str, Observation] = {}
-    to_read: list[str] = []
-    for entry in desired:
-        observed = from_listing(listed.get(entry.uid))
-        if observed is None or needs_status_read(entry, observed):
-            to_read.append(entry.uid)
-        else:
-            observations[entry.uid] = observed
-    log.info("reading the status of %d datasets", len(to_read))
+    unmanaged: list[UnmanagedDataset] = []
+    reads: dict[str, Future[Observation]] = {}
 
-    def read(uid: str) -> Observation:
-        return read_status(client, uid, listed.get(uid), expand_user=expand_user)
+    def read(uid: str, item: dict[str, Any] | None) -> Observation:
+        return read_status(client, uid, item, expand_user=expand_user)
 
-    for uid, observation in zip(
-        to_read, parallel_map(read, to_read, parallelism), strict=True
-    ):
-        observations[uid] = observation
+    with ThreadPoolExecutor(max_workers=parallelism) as pool:
+        for item in client.list_datasets():
+            uid = item.get("dataset_uid")
+            entry = wanted.get(uid) if isinstance(uid, str) else None
+            if entry is None:
+                if isinstance(uid, str) and uid not in managed:
+                    unmanaged.append(_unmanaged(item, uid))
+                continue
+            observed = from_listing(item)
+            if observed is None or needs_status_read(entry, observed):
+                reads[entry.uid] = pool.submit(read, entry.uid, item)
+            else:
+                observations[entry.uid] = observed
+        log.info(
+            "listing: %d of %d managed datasets found",
+            len(observations) + len(reads),
+            len(wanted),
+        )
+        for uid in wanted:
+            if uid not in observations and uid not in reads:
+                reads[uid] = pool.submit(read, uid, None)
+        log.info("reading the status of %d datasets", len(reads))
+        for uid, future in reads.items():
+            observations[uid] = future.result()
     return observations, sorted(unmanaged, key=lambda dataset: dataset.uid)
 
 
