@@ -17,7 +17,14 @@ from reconciler.plan import BUSY, Plan
 from reconciler.simulator import DEFAULT_RIGHTS, Simulator, SimulatorConfig, load_seed
 from reconciler.state import StateFile
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+def examples_folder() -> Path:
+    """Find the examples: inside an installed wheel, or beside the package."""
+    package = Path(__file__).resolve().parent
+    installed = package / "_examples"
+    return installed if installed.is_dir() else package.parent / "examples"
+
+
+EXAMPLES = examples_folder()
 SETTLE_TIMEOUT = 10.0
 
 

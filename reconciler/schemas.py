@@ -24,7 +24,7 @@ _PACKAGE_DIR = Path(reconciler.__file__).parent
 
 # The copy inside the package serves installed wheels. The source-tree folder next to
 # the package serves editable installs and checkouts.
-_SCHEMA_FOLDERS = (_PACKAGE_DIR / "schemas", _PACKAGE_DIR.parent / "schemas")
+_SCHEMA_FOLDERS = (_PACKAGE_DIR / "_schemas", _PACKAGE_DIR.parent / "schemas")
 
 # Keywords that do not constrain an instance, so a quick check may ignore them.
 _ANNOTATION_KEYWORDS = frozenset(
