@@ -19,27 +19,34 @@ from reconciler.cli_options import (
     EXIT_STALE,
     domain_option,
     exclude_option,
+    exit_if_unobservable,
     format_option,
-    has_unobservable,
     make_selector,
     manifests_argument,
     only_option,
     open_target,
     parallelism_option,
-    read_history,
+    read_plan,
+    set_verbosity,
     show_unchanged_option,
+    state_option,
     unmanaged_option,
     use_color,
+    verbose_option,
 )
 from reconciler.demo import demo_command
-from reconciler.errors import ManifestError, ReconcilerError, StalePlanError
+from reconciler.errors import (
+    ConfigError,
+    ManifestError,
+    ReconcilerError,
+    StalePlanError,
+)
 from reconciler.export import export_command
 from reconciler.github import annotate_problems, append_step_summary, on_github_actions
 from reconciler.lock import StateLockedError, force_unlock_command
-from reconciler.manifest import load_manifests, manifest_files
+from reconciler.manifest import Manifest, load_manifests, manifest_files
 from reconciler.markdown import render_markdown
-from reconciler.observe import plan_manifest
-from reconciler.output import render_drift, render_plan
+from reconciler.output import plural, render_drift, render_plan
 from reconciler.plan import Plan
 from reconciler.planfile import render_json, save_plan
 from reconciler.simulator_cli import simulator_command
@@ -48,14 +55,14 @@ from reconciler.state import default_state_path
 log = logging.getLogger("reconciler")
 
 
-def echo_plan(plan: Plan, output_format: str, **text_options: bool) -> None:
+def echo_plan(plan: Plan, output_format: str, *, show_unchanged: bool = False) -> None:
     """Print the plan in the chosen format; on GitHub, add it to the job summary."""
     if output_format == "json":
         click.echo(render_json(plan), nl=False)
     elif output_format == "markdown":
         click.echo(render_markdown(plan), nl=False)
     else:
-        click.echo(render_plan(plan, color=use_color(), **text_options))
+        click.echo(render_plan(plan, color=use_color(), show_unchanged=show_unchanged))
     if on_github_actions():
         append_step_summary(render_markdown(plan))
 
@@ -89,6 +96,12 @@ class ReconcilerGroup(click.Group):
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
+def check_not_a_manifest(out: Path, manifest: Manifest) -> None:
+    """Refuse to save a plan over one of the manifest files it was made from."""
+    if any(Path(path).resolve() == out.resolve() for path in manifest.paths):
+        raise ConfigError(f"--out {out} is a manifest file; choose another path")
+
+
 def report_error(error: ReconcilerError) -> None:
     """Print a known error to stderr, a manifest's problems one per line."""
     if isinstance(error, ManifestError):
@@ -114,18 +127,20 @@ def cli(verbose: int) -> None:
     Credentials come from the environment only: ODS_API_KEY, or ODS_USERNAME
     and ODS_PASSWORD.
     """
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
+    logging.basicConfig(format="%(levelname)s: %(message)s")
+    set_verbosity(verbose)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @manifests_argument
+@verbose_option
 def validate(manifests: tuple[str, ...]) -> None:
     """Check manifest files offline and report every problem with its line."""
     manifest = load_manifests(manifests)
     files = len(manifest.paths)
     noun = "file" if files == 1 else "files"
-    click.echo(f"{files} {noun} valid: {len(manifest.datasets)} datasets declared")
+    declared = plural(len(manifest.datasets), "dataset")
+    click.echo(f"{files} {noun} valid: {declared} declared")
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -147,6 +162,8 @@ def validate(manifests: tuple[str, ...]) -> None:
     is_flag=True,
     help="Exit with 2 when changes are pending, 0 when none are.",
 )
+@state_option
+@verbose_option
 def plan(
     manifests: tuple[str, ...],
     domain: str | None,
@@ -158,28 +175,25 @@ def plan(
     report_unmanaged: bool,
     out: Path | None,
     detailed_exitcode: bool,
+    state_path: Path | None,
 ) -> None:
     """Show what apply would change; sends only GET requests."""
     target = open_target(manifests, domain, parallelism)
-    the_plan = plan_manifest(
-        target.client,
-        target.manifest,
+    the_plan = read_plan(
+        target,
+        manifests,
         parallelism=parallelism,
-        select=make_selector(only, exclude),
-        known=read_history(manifests, target),
+        select=make_selector(only, exclude, target.manifest),
+        state_path=state_path,
+        report_unmanaged=report_unmanaged,
     )
-    echo_plan(
-        the_plan,
-        output_format,
-        show_unchanged=show_unchanged,
-        show_unmanaged=report_unmanaged,
-    )
+    echo_plan(the_plan, output_format, show_unchanged=show_unchanged)
     if out is not None:
-        state_path = default_state_path(manifest_files(manifests))
-        save_plan(the_plan, out, state_path=state_path, manifest_paths=manifests)
+        check_not_a_manifest(out, target.manifest)
+        state_file = state_path or default_state_path(manifest_files(manifests))
+        save_plan(the_plan, out, state_path=state_file, manifest_paths=manifests)
         click.echo(f"Plan saved to {out}", err=True)
-    if has_unobservable(the_plan):
-        sys.exit(EXIT_ERROR)
+    exit_if_unobservable(the_plan)
     if detailed_exitcode and the_plan.actions:
         sys.exit(EXIT_CHANGES)
 
@@ -192,6 +206,8 @@ def plan(
 @only_option
 @exclude_option
 @unmanaged_option
+@state_option
+@verbose_option
 def drift(
     manifests: tuple[str, ...],
     domain: str | None,
@@ -200,6 +216,7 @@ def drift(
     only: tuple[str, ...],
     exclude: tuple[str, ...],
     report_unmanaged: bool,
+    state_path: Path | None,
 ) -> None:
     """Report managed datasets whose live state differs from the manifest.
 
@@ -207,22 +224,22 @@ def drift(
     with 2 when drift is found.
     """
     target = open_target(manifests, domain, parallelism)
-    the_plan = plan_manifest(
-        target.client,
-        target.manifest,
+    the_plan = read_plan(
+        target,
+        manifests,
         parallelism=parallelism,
-        select=make_selector(only, exclude),
+        select=make_selector(only, exclude, target.manifest),
+        state_path=state_path,
+        report_unmanaged=report_unmanaged,
         expand_user=True,
-        known=read_history(manifests, target),
     )
     if output_format == "text":
-        click.echo(render_drift(the_plan, show_unmanaged=report_unmanaged))
+        click.echo(render_drift(the_plan))
         if on_github_actions():
             append_step_summary(render_markdown(the_plan, title="ods-reconcile drift"))
     else:
         echo_plan(the_plan, output_format)
-    if has_unobservable(the_plan):
-        sys.exit(EXIT_ERROR)
+    exit_if_unobservable(the_plan)
     if the_plan.actions:
         sys.exit(EXIT_CHANGES)
 

@@ -35,6 +35,7 @@ from reconciler.cli_options import (
     parallelism_option,
     show_unchanged_option,
     use_color,
+    verbose_option,
 )
 from reconciler.client import Client, Credentials, base_url_for
 from reconciler.errors import ConfigError, GuardError, ManifestError, StalePlanError
@@ -152,6 +153,7 @@ def apply_exit_code(plan: Plan, results: Sequence[ActionResult]) -> int:
     show_default=True,
     help="Maximum seconds to wait, for --wait and for --on-busy wait.",
 )
+@verbose_option
 @click.option(
     "--allow-unpublish",
     type=click.IntRange(min=0),
@@ -199,9 +201,10 @@ def apply_command(
             target.client,
             manifest,
             parallelism=parallelism,
-            select=make_selector(only, exclude),
+            select=make_selector(only, exclude, manifest),
             known=state.known(manifest),
         )
+        the_plan = replace(the_plan, unmanaged=())
         color = use_color()
         click.echo(render_plan(the_plan, show_unchanged=show_unchanged, color=color))
         click.echo()
@@ -217,8 +220,12 @@ def apply_saved(
 ) -> int:
     """Apply a saved plan to the portal it was made for; return the exit code."""
     the_plan, body = load_plan(path)
-    base_url = base_url_for(domain) if domain else the_plan.base_url
-    if base_url is None or base_url != the_plan.base_url:
+    if the_plan.base_url is None:
+        raise ConfigError(f"{path}: the plan names no portal; make a new plan")
+    # The same checks as for a manifest's domain: HTTPS unless loopback.
+    planned_url = base_url_for(the_plan.base_url)
+    base_url = base_url_for(domain) if domain else planned_url
+    if base_url != planned_url:
         raise ConfigError(
             f"{path}: the plan was made for {the_plan.base_url}, not {base_url}"
         )

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import click
 
 from reconciler.client import Client, Credentials, base_url_for
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, StateError
 from reconciler.manifest import Manifest, load_manifests, manifest_files
+from reconciler.observe import plan_manifest
+from reconciler.output import plural
 from reconciler.plan import NOT_FOUND, UNREADABLE, Plan
-from reconciler.state import History, StateFile, default_state_path
+from reconciler.state import History, StateFile, default_state_path, empty_state
+
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -65,9 +71,13 @@ def open_target(paths: Sequence[str], domain: str | None, parallelism: int) -> T
 
 
 def make_selector(
-    only: Sequence[str], exclude: Sequence[str]
+    only: Sequence[str], exclude: Sequence[str], manifest: Manifest
 ) -> Callable[[str], bool] | None:
-    """Build the uid filter of --only and --exclude (UIDs or glob patterns)."""
+    """Build the uid filter of --only and --exclude (UIDs or glob patterns).
+
+    A filter that keeps none of the manifest's datasets is an error: it is
+    most likely a typo, and a run that silently does nothing hides it.
+    """
     if not only and not exclude:
         return None
 
@@ -76,15 +86,93 @@ def make_selector(
             return False
         return not any(fnmatch.fnmatchcase(uid, p) for p in exclude)
 
+    if manifest.datasets and not any(selected(e.uid) for e in manifest.datasets):
+        count = plural(len(manifest.datasets), "dataset")
+        raise ConfigError(
+            f"--only and --exclude select none of the {count} of the manifest; "
+            "check the UIDs or patterns (they are case-sensitive)"
+        )
     return selected
 
 
-def read_history(paths: Sequence[str], target: Target) -> History:
-    """Gather the protections and actions under way: manifest and state file."""
-    state_path = default_state_path(manifest_files(paths))
-    # A missing state file loads as an empty one, and the manifest's own
-    # protections still count.
-    return StateFile.load(state_path, target.client.domain).known(target.manifest)
+def read_history(
+    paths: Sequence[str], target: Target, state_path: Path | None = None
+) -> History:
+    """Gather the protections and actions under way: manifest and state file.
+
+    Plan and drift only read: a state file that cannot be used (for another
+    domain, say, when --domain points the manifest at a staging portal) is
+    set aside with a warning, and the manifest's protections still count.
+    """
+    path = state_path or default_state_path(manifest_files(paths))
+    try:
+        state = StateFile.load(path, target.client.domain)
+    except StateError as error:
+        log.warning("state file not used: %s", error)
+        state = StateFile(path, empty_state(target.client.domain))
+    return state.known(target.manifest)
+
+
+def read_plan(
+    target: Target,
+    paths: Sequence[str],
+    *,
+    parallelism: int,
+    select: Callable[[str], bool] | None,
+    state_path: Path | None,
+    report_unmanaged: bool,
+    expand_user: bool = False,
+) -> Plan:
+    """Plan the target's manifest, read-only, with what the state file knows."""
+    the_plan = plan_manifest(
+        target.client,
+        target.manifest,
+        parallelism=parallelism,
+        select=select,
+        expand_user=expand_user,
+        known=read_history(paths, target, state_path),
+    )
+    return the_plan if report_unmanaged else replace(the_plan, unmanaged=())
+
+
+def exit_if_unobservable(plan: Plan) -> None:
+    """Exit with 1, saying why, when a dataset is missing or unreadable."""
+    missing = [item.uid for item in plan.items if item.kind in (NOT_FOUND, UNREADABLE)]
+    if missing:
+        count = plural(len(missing), "dataset")
+        click.echo(
+            f"Error: {count} not found or unreadable: {', '.join(missing[:10])}"
+            + (", ..." if len(missing) > 10 else ""),
+            err=True,
+        )
+        sys.exit(EXIT_ERROR)
+
+
+def set_verbosity(verbose: int) -> None:
+    """Log warnings, then progress (-v), then each HTTP request (-vv), to stderr."""
+    if verbose or not logging.getLogger().level:
+        logging.getLogger().setLevel(logging.WARNING - 10 * min(verbose, 2))
+
+
+def _verbosity_callback(context: click.Context, parameter: object, value: int) -> None:
+    if value:
+        set_verbosity(value)
+
+
+verbose_option = click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    expose_value=False,
+    callback=_verbosity_callback,
+    help="-v logs progress, -vv each HTTP request, to stderr.",
+)
+state_option = click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="State file to read protections from [default: beside the manifest].",
+)
 
 
 def has_unobservable(plan: Plan) -> bool:
@@ -126,7 +214,7 @@ only_option = click.option(
     "--only",
     multiple=True,
     metavar="UID|GLOB",
-    help="Plan only these datasets; repeatable; glob patterns such as 'da_b*'.",
+    help="Only these datasets; repeatable; glob patterns such as 'da_b*'.",
 )
 exclude_option = click.option(
     "--exclude",

@@ -28,6 +28,7 @@ PAGE_SIZE = 100
 DEFAULT_TIMEOUT = 30.0
 GET_ATTEMPTS = 5
 THROTTLED_ATTEMPTS = 30
+MIN_MASKED = 6
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 # The right each kind of request needs, quoted in 403 messages.
@@ -45,10 +46,14 @@ class Credentials:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Credentials:
-        """Read ODS_API_KEY, or ODS_USERNAME and ODS_PASSWORD."""
-        api_key = environ.get("ODS_API_KEY") or None
-        username = environ.get("ODS_USERNAME") or None
-        password = environ.get("ODS_PASSWORD") or None
+        """Read ODS_API_KEY, or ODS_USERNAME and ODS_PASSWORD.
+
+        Whitespace around a value, such as the newline a pasted secret often
+        ends with, is removed; a control character left inside is an error.
+        """
+        api_key = _secret_from(environ, "ODS_API_KEY")
+        username = _secret_from(environ, "ODS_USERNAME")
+        password = _secret_from(environ, "ODS_PASSWORD")
         if api_key:
             return cls(api_key=api_key)
         if username and password:
@@ -80,6 +85,14 @@ class Credentials:
 
     def __repr__(self) -> str:
         return f"Credentials(source={self.source!r})"
+
+
+def _secret_from(environ: Mapping[str, str], name: str) -> str | None:
+    """Read a credential variable, stripped; never show its value in an error."""
+    value = environ.get(name, "").strip()
+    if any(ord(character) < 32 or ord(character) == 127 for character in value):
+        raise ConfigError(f"{name} contains a control character; set it again")
+    return value or None
 
 
 def is_loopback(host: str) -> bool:
@@ -329,6 +342,7 @@ class Client:
         error_key = body.get("error_key") if isinstance(body, dict) else None
         if not message:
             message = response.reason or response.text[:200]
+        message = str(message).strip().rstrip(".")
         text = f"{method} {path}: HTTP {response.status_code}: {message}"
         status = response.status_code
         if status == 401:
@@ -348,9 +362,14 @@ class Client:
         )
 
     def _mask(self, text: str) -> str:
-        """Replace any secret the text contains, such as one the server echoed."""
+        """Replace any secret the text contains, such as one the server echoed.
+
+        Values shorter than MIN_MASKED are left alone: replacing every "a" or
+        "127" would garble the message and show where the secret occurs.
+        """
         for secret in self.credentials.secrets():
-            text = text.replace(secret, "***")
+            if len(secret) >= MIN_MASKED:
+                text = text.replace(secret, "***")
         return text
 
 

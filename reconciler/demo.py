@@ -17,6 +17,7 @@ from reconciler.plan import BUSY, Plan
 from reconciler.simulator import DEFAULT_RIGHTS, Simulator, SimulatorConfig, load_seed
 from reconciler.state import StateFile
 
+
 def examples_folder() -> Path:
     """Find the examples: inside an installed wheel, or beside the package."""
     package = Path(__file__).resolve().parent

@@ -24,6 +24,7 @@ from reconciler.plan import (
     PROTECTED,
     PUBLISH,
     UNPUBLISH,
+    UNREADABLE,
     Plan,
     PlanItem,
     state_name,
@@ -87,7 +88,6 @@ def render_plan(
     plan: Plan,
     *,
     show_unchanged: bool = False,
-    show_unmanaged: bool = False,
     color: bool = False,
 ) -> str:
     """Render a plan: one line per dataset that needs attention, then a summary."""
@@ -108,7 +108,7 @@ def render_plan(
     ]
     if warnings:
         lines += ["", *warnings]
-    if show_unmanaged:
+    if plan.unmanaged:
         lines += ["", *unmanaged_lines(plan)]
     lines += ["", click.style(plan.summary(), bold=True) if color else plan.summary()]
     return "\n".join(lines)
@@ -124,7 +124,7 @@ def unmanaged_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def render_drift(plan: Plan, *, show_unmanaged: bool = False) -> str:
+def render_drift(plan: Plan) -> str:
     """Render the managed datasets whose live state differs from the manifest."""
     drifted = [item for item in plan.items if item.is_action]
     managed = plural(len(plan.items), "managed dataset")
@@ -143,7 +143,11 @@ def render_drift(plan: Plan, *, show_unmanaged: bool = False) -> str:
         if item.user:
             line += f" by {item.user}"
         lines.append(line)
-    if show_unmanaged:
+    unobservable = [item for item in plan.items if item.kind in (NOT_FOUND, UNREADABLE)]
+    if unobservable:
+        lines.append("")
+        lines += [_item_line(item, color=False) for item in unobservable]
+    if plan.unmanaged:
         lines += ["", *unmanaged_lines(plan)]
     return "\n".join(lines)
 

@@ -71,9 +71,12 @@ def plan_to_dict(
 
 
 def plan_id(body: dict[str, Any]) -> str:
-    """Fingerprint what a plan decides: the portal, the digest and the items."""
-    keys = ("domain", "manifest_digest", "manifest_paths", "items")
-    decided = {key: body[key] for key in keys}
+    """Fingerprint the whole plan but its creation time, so an edit shows."""
+    decided = {
+        key: value
+        for key, value in body.items()
+        if key not in ("plan_id", "created_at")
+    }
     text = json.dumps(decided, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 

@@ -37,6 +37,11 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def empty_state(domain: str) -> dict[str, Any]:
+    """Return the content of a new state file for a portal."""
+    return {"version": STATE_VERSION, "domain": domain, "runs": [], "datasets": {}}
+
+
 def default_state_path(manifest_paths: list[Path]) -> Path:
     """Place the state file beside the manifest: name.state.json for one file."""
     first = manifest_paths[0]
@@ -76,15 +81,7 @@ class StateFile:
     def load(cls, path: Path, domain: str) -> StateFile:
         """Read the state file, or start a new one if it does not exist."""
         if not path.exists():
-            return cls(
-                path,
-                {
-                    "version": STATE_VERSION,
-                    "domain": domain,
-                    "runs": [],
-                    "datasets": {},
-                },
-            )
+            return cls(path, empty_state(domain))
         data = _read(path)
         if data.get("domain") != domain:
             raise StateError(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -14,7 +16,9 @@ from typing import Any
 
 import click
 import pytest
+import requests
 import yaml
+from click.testing import CliRunner
 
 from reconciler.cli import cli
 from reconciler.simulator import SimulatedDataset, Simulator
@@ -33,13 +37,16 @@ RECIPE_OPTIONS = {
     ("plan", "--out"),
     ("plan", "--detailed-exitcode"),
     ("apply", "--state"),
+    ("apply", "--allow-unpublish"),
     ("drift", "--report-unmanaged"),
 }
 # Words after which a shell word is in command position.
 COMMAND_PREFIXES = {"!", "if", "then", "else", "elif", "do", "while", "until", "time"}
 
 
+@functools.cache
 def load(path: Path) -> Any:
+    """Parse a YAML file once per session. Callers must not modify the result."""
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
@@ -228,7 +235,7 @@ def test_recipes_handle_defined_exit_codes(recipe_scripts: list[str]) -> None:
     assert 0 in defined
     handled = case_exit_codes(recipe_scripts)
     assert handled <= defined
-    assert handled == {0, 2, 3, 5}
+    assert handled == {0, 2, 3, 4, 5}
 
 
 def test_recipes_never_name_api_key(recipe_scripts: list[str]) -> None:
@@ -282,15 +289,19 @@ def test_github_workflow_triggers() -> None:
     assert triggers["pull_request"]["paths"] == ["manifests/**"]
     assert triggers["push"]["branches"] == ["main"]
     assert [entry["cron"] for entry in triggers["schedule"]] == ["17 5 * * *"]
+    replan = triggers["workflow_dispatch"]["inputs"]["replan_and_apply"]
+    assert replan["type"] == "boolean"
+    assert replan["default"] is False
 
 
 def test_github_workflow_jobs() -> None:
     jobs = load(GITHUB)["jobs"]
     assert {name: job["if"] for name, job in jobs.items()} == {
         "plan": "github.event_name == 'pull_request'",
-        "apply": "github.event_name == 'push'",
+        "apply": "github.ref == 'refs/heads/main' && (github.event_name == 'push' "
+        "|| (github.event_name == 'workflow_dispatch' && inputs.replan_and_apply))",
         "drift": "github.event_name == 'schedule' || "
-        "github.event_name == 'workflow_dispatch'",
+        "(github.event_name == 'workflow_dispatch' && !inputs.replan_and_apply)",
     }
 
 
@@ -324,14 +335,22 @@ def test_github_comment_found_by_marker() -> None:
 def test_github_plan_saved_as_artifact() -> None:
     steps = {step.get("name"): step for _, step in github_steps(load(GITHUB))}
     upload = steps["Keep the plan"]
+    download = steps["Download the reviewed plan"]
     assert upload["uses"] == "actions/upload-artifact@v4"
     assert upload["with"]["path"] == "plan.json"
+    assert upload["with"]["name"] == "ods-plan"
+    assert "--name ods-plan --dir reviewed-plan" in download["run"]
+    assert download["if"] == "github.event_name == 'push'"
 
 
 def test_github_applies_one_at_a_time() -> None:
     apply = load(GITHUB)["jobs"]["apply"]
     assert apply["concurrency"] == {"group": "ods-apply", "cancel-in-progress": False}
-    assert apply["permissions"] == {"contents": "write"}
+    assert apply["permissions"] == {
+        "contents": "write",
+        "actions": "read",
+        "pull-requests": "read",
+    }
 
 
 def test_github_state_kept_on_branch() -> None:
@@ -345,7 +364,67 @@ def test_github_state_kept_on_branch() -> None:
     assert "git push origin HEAD:ods-state" in commit["run"]
 
 
+def run_python(
+    script: str, data: Any, **variables: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a recipe's Python snippet on JSON input, as its shell step does."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        input=json.dumps(data),
+        capture_output=True,
+        text=True,
+        env={**os.environ, **variables},
+        check=False,
+    )
+
+
+def download_snippet(name: str) -> str:
+    steps = {step.get("name"): step for _, step in github_steps(load(GITHUB))}
+    script: str = steps["Download the reviewed plan"]["env"][name]
+    return script
+
+
+PULL = {"number": 17, "merged_at": "2026-11-27T09:12:44Z", "head": {"sha": "b" * 40}}
+
+
+@pytest.mark.parametrize(
+    ("pulls", "output"),
+    [
+        ([{**PULL, "merge_commit_sha": "a" * 40}], f"17 {'b' * 40}\n"),
+        ([{**PULL, "merged_at": None, "merge_commit_sha": "a" * 40}], ""),
+        ([{**PULL, "merge_commit_sha": "c" * 40}], ""),
+        ([], ""),
+    ],
+    ids=["merged", "open", "other-merge", "none"],
+)
+def test_github_find_merged_pull(pulls: list[Any], output: str) -> None:
+    script = download_snippet("FIND_MERGED_PULL")
+    result = run_python(script, pulls, GITHUB_SHA="a" * 40)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == output
+
+
+@pytest.mark.parametrize(
+    ("runs", "output"),
+    [
+        ([{"databaseId": 9, "conclusion": "success"}], "9 success\n"),
+        ([{"databaseId": 9, "conclusion": ""}], "9 unfinished\n"),
+        ([], ""),
+    ],
+    ids=["success", "unfinished", "none"],
+)
+def test_github_find_plan_run(runs: list[Any], output: str) -> None:
+    result = run_python(download_snippet("FIND_PLAN_RUN"), runs)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == output
+
+
 # --- GitLab CI ---------------------------------------------------------------------
+
+REPLAN_RULE = (
+    '$CI_PIPELINE_SOURCE == "web" && $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH '
+    '&& $ODS_REPLAN == "1"'
+)
 
 
 def test_gitlab_jobs_and_rules() -> None:
@@ -357,10 +436,12 @@ def test_gitlab_jobs_and_rules() -> None:
         "validate": [
             '$CI_PIPELINE_SOURCE == "merge_request_event"',
             '$CI_PIPELINE_SOURCE == "push" && $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH',
+            REPLAN_RULE,
         ],
         "plan": ['$CI_PIPELINE_SOURCE == "merge_request_event"'],
         "apply": [
-            '$CI_PIPELINE_SOURCE == "push" && $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH'
+            '$CI_PIPELINE_SOURCE == "push" && $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH',
+            REPLAN_RULE,
         ],
         "drift": ['$CI_PIPELINE_SOURCE == "schedule"'],
     }
@@ -411,6 +492,61 @@ def test_gitlab_find_note_script(notes: list[Any], output: str) -> None:
         env=environment,
         check=False,
     )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == output
+
+
+MR = {
+    "iid": 17,
+    "target_branch": "main",
+    "sha": "b" * 40,
+    "merge_commit_sha": None,
+    "squash_commit_sha": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("merge_requests", "output"),
+    [
+        ([{**MR, "merge_commit_sha": "a" * 40}], "17\n"),
+        ([{**MR, "squash_commit_sha": "a" * 40}], "17\n"),
+        ([{**MR, "sha": "a" * 40}], "17\n"),
+        ([{**MR, "merge_commit_sha": "a" * 40, "target_branch": "release"}], "\n"),
+        ([MR], "\n"),
+        ([], "\n"),
+    ],
+    ids=["merge-commit", "squash", "fast-forward", "other-target", "unrelated", "none"],
+)
+def test_gitlab_find_merge_request(merge_requests: list[Any], output: str) -> None:
+    script = load(GITLAB)["variables"]["FIND_MERGE_REQUEST"]
+    variables = {"CI_COMMIT_SHA": "a" * 40, "CI_DEFAULT_BRANCH": "main"}
+    result = run_python(script, merge_requests, **variables)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == output
+
+
+@pytest.mark.parametrize(
+    ("merge_request", "output"),
+    [({"head_pipeline": {"id": 310}}, "310\n"), ({"head_pipeline": None}, "\n")],
+    ids=["pipeline", "none"],
+)
+def test_gitlab_find_head_pipeline(merge_request: Any, output: str) -> None:
+    script = load(GITLAB)["variables"]["FIND_HEAD_PIPELINE"]
+    result = run_python(script, merge_request)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == output
+
+
+@pytest.mark.parametrize(
+    ("jobs", "output"),
+    [
+        ([{"id": 5, "name": "validate", "status": "success"}], ""),
+        ([{"id": 6, "name": "plan", "status": "canceled"}], "6 canceled\n"),
+    ],
+    ids=["no-plan-job", "plan-job"],
+)
+def test_gitlab_find_plan_job(jobs: list[Any], output: str) -> None:
+    result = run_python(load(GITLAB)["variables"]["FIND_PLAN_JOB"], jobs)
     assert result.returncode == 0, result.stderr
     assert result.stdout == output
 
@@ -496,22 +632,87 @@ PORTAL = [
     SimulatedDataset("da_syn002", "trees", published=True),
 ]
 DESIRED = [("da_pub001", "published"), ("da_syn002", "published")]
+# The manifests as another merge left them on main after the plan was reviewed.
+MOVED_ON = [("da_pub001", "published"), ("da_syn002", "unpublished")]
 WRONG_KEY = "wrong-key-0123456789"
+
+# Stand-in for gh and curl, so that no recipe step under test reaches GitHub or
+# GitLab. It appends its arguments to $STUB_LOG, then takes the first route of
+# $STUB_ROUTES for its program whose "match" text occurs in its arguments. It
+# prints the route's "stdout" and copies its "copy" file to --output or --dir.
+STUB = """\
+#!{python}
+import json, os, shutil, sys
+from pathlib import Path
+
+program = Path(sys.argv[0]).name
+arguments = sys.argv[1:]
+with open(os.environ["STUB_LOG"], "a") as log:
+    log.write(json.dumps([program, *arguments]) + "\\n")
+command = " ".join(arguments)
+routes = json.loads(Path(os.environ["STUB_ROUTES"]).read_text())
+for route in routes:
+    if route["program"] == program and route["match"] in command:
+        break
+else:
+    sys.exit(f"{{program}} stub: no canned answer for: {{command}}")
+if "copy" in route:
+    if "--output" in arguments:
+        target = Path(arguments[arguments.index("--output") + 1])
+    else:
+        folder = Path(arguments[arguments.index("--dir") + 1])
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / Path(route["copy"]).name
+    shutil.copyfile(route["copy"], target)
+sys.stdout.write(route.get("stdout", ""))
+"""
+Route = dict[str, str]
+
+
+def install_stubs(folder: Path, routes: list[Route]) -> None:
+    """Write the gh and curl stubs to folder/bin and their routes beside them."""
+    bin_folder = folder / "bin"
+    bin_folder.mkdir(exist_ok=True)
+    for program in ("gh", "curl"):
+        stub = bin_folder / program
+        stub.write_text(STUB.format(python=sys.executable))
+        stub.chmod(0o755)
+    (folder / "stub-routes.json").write_text(json.dumps(routes))
+
+
+def stub_calls(folder: Path) -> list[list[str]]:
+    log = folder / "stub-calls.jsonl"
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines()]
 
 
 def run_step(
-    script: str, folder: Path, simulator: Simulator, **variables: str
+    script: str,
+    folder: Path,
+    simulator: Simulator,
+    *,
+    desired: list[tuple[str, str]] = DESIRED,
+    routes: list[Route] | None = None,
+    **variables: str,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a recipe's shell step as the runners do, with bash -eo pipefail."""
+    """Run a recipe's shell step as the runners do, with bash -eo pipefail.
+
+    gh and curl are always the stubs of folder/bin, serving `routes`.
+    """
     (folder / "manifests").mkdir(exist_ok=True)
     (folder / "ods-state").mkdir(exist_ok=True)
-    write_manifest(folder / "manifests" / "portal.yaml", DESIRED, simulator.url)
+    write_manifest(folder / "manifests" / "portal.yaml", desired, simulator.url)
+    install_stubs(folder, routes or [])
+    search_path = [str(folder / "bin"), str(Path(sys.executable).parent)]
     environment = {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PATH": os.pathsep.join([*search_path, os.environ["PATH"]]),
         "HOME": str(folder),
         "ODS_API_KEY": API_KEY,
         "MANIFESTS": "manifests/",
         "STATE_FILE": "ods-state/ods-reconciler.state.json",
+        "STUB_LOG": str(folder / "stub-calls.jsonl"),
+        "STUB_ROUTES": str(folder / "stub-routes.json"),
         **variables,
     }
     return subprocess.run(
@@ -524,10 +725,80 @@ def run_step(
     )
 
 
+def make_reviewed_plan(
+    folder: Path,
+    simulator: Simulator,
+    monkeypatch: pytest.MonkeyPatch,
+    desired: list[tuple[str, str]] = DESIRED,
+) -> Path:
+    """Save a plan with `plan --out` in-process, as the plan jobs do."""
+    (folder / "manifests").mkdir(exist_ok=True)
+    write_manifest(folder / "manifests" / "portal.yaml", desired, simulator.url)
+    (folder / "artifact").mkdir()
+    monkeypatch.chdir(folder)
+    arguments = ["plan", "manifests/", "--out", "artifact/plan.json"]
+    result = CliRunner().invoke(cli, arguments, env={"ODS_API_KEY": API_KEY})
+    assert result.exit_code == 0, result.output
+    return folder / "artifact" / "plan.json"
+
+
+def sent_jobs(simulator: Simulator) -> list[tuple[str, str]]:
+    return [(job["action"], job["dataset_uid"]) for job in simulator.stats()["jobs"]]
+
+
+def test_stub_rejects_unknown_call(
+    tmp_path: Path, start_simulator: StartSimulator
+) -> None:
+    simulator = start_simulator(PORTAL)
+    result = run_step("curl https://gitlab.example.invalid/", tmp_path, simulator)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "curl stub: no canned answer for: https://gitlab.example.invalid/\n"
+    )
+    assert stub_calls(tmp_path) == [["curl", "https://gitlab.example.invalid/"]]
+
+
+# --- GitHub Actions steps ----------------------------------------------------------
+
+REPOSITORY = "riverton/portal"
+MERGE_SHA = "5e1f0c2a" * 5
+HEAD_SHA = "a9d4b7e1" * 5
+PLAN_RUN_ID = "4242"
+REPLAN = "${{ github.event_name == 'workflow_dispatch' && inputs.replan_and_apply }}"
+ALLOW_UNPUBLISH = "${{ vars.ODS_ALLOW_UNPUBLISH }}"
+# What the runner puts in each step's `env:` expressions.
+EXPRESSIONS = {
+    "${{ secrets.ODS_API_KEY }}": API_KEY,
+    "${{ github.token }}": "github-token-for-tests",
+    "${{ github.repository }}": REPOSITORY,
+    ALLOW_UNPUBLISH: "",
+    REPLAN: "false",
+}
+MERGED_PULL = {
+    "number": 17,
+    "merged_at": "2026-11-27T09:12:44Z",
+    "merge_commit_sha": MERGE_SHA,
+    "head": {"sha": HEAD_SHA},
+}
+LAST_PLAN_RUN = {"databaseId": int(PLAN_RUN_ID), "conclusion": "success"}
+STALE_ANNOTATION = (
+    "::error title=Stale plan::the manifests on main or some datasets on the portal "
+    "changed since the reviewed plan, and the log above names what apply rejected. "
+    "Make a new plan: push to a pull request that changes the manifests, review "
+    "its plan and merge it, or have a maintainer run this workflow on main with "
+    "replan_and_apply\n"
+)
+
+
 def github_step(name: str) -> str:
-    steps = {step.get("name"): step for _, step in github_steps(load(GITHUB))}
-    script: str = steps[name]["run"]
+    script: str = github_step_definition(name)["run"]
     return script
+
+
+def github_step_definition(name: str) -> dict[str, Any]:
+    steps = {step.get("name"): step for _, step in github_steps(load(GITHUB))}
+    step: dict[str, Any] = steps[name]
+    return step
 
 
 def github_variables(folder: Path) -> dict[str, str]:
@@ -535,7 +806,60 @@ def github_variables(folder: Path) -> dict[str, str]:
         "GITHUB_ACTIONS": "true",
         "GITHUB_OUTPUT": str(folder / "output.txt"),
         "GITHUB_STEP_SUMMARY": str(folder / "summary.md"),
+        "GITHUB_REPOSITORY": REPOSITORY,
+        "GITHUB_SHA": MERGE_SHA,
+        "GITHUB_WORKFLOW_REF": (
+            f"{REPOSITORY}/.github/workflows/ods-reconcile.yml@refs/heads/main"
+        ),
     }
+
+
+def run_github_step(
+    name: str,
+    folder: Path,
+    simulator: Simulator,
+    *,
+    expressions: dict[str, str] | None = None,
+    **options: Any,
+) -> subprocess.CompletedProcess[str]:
+    """Run a GitHub step with its `env:`, each expression given its test value."""
+    values = {**EXPRESSIONS, **(expressions or {})}
+    step = github_step_definition(name)
+    environment = {
+        variable: values[value] if value.startswith("${{") else value
+        for variable, value in step.get("env", {}).items()
+    }
+    variables = {**github_variables(folder), **environment}
+    return run_step(step["run"], folder, simulator, **options, **variables)
+
+
+def github_routes(
+    artifact: Path,
+    pulls: list[dict[str, Any]] | None = None,
+    runs: list[dict[str, Any]] | None = None,
+) -> list[Route]:
+    """Build the gh responses of the download step for a merge of pull request 17."""
+    run_list = (
+        "run list --workflow ods-reconcile.yml --event pull_request "
+        f"--commit {HEAD_SHA} --limit 1 --json databaseId,conclusion"
+    )
+    return [
+        {
+            "program": "gh",
+            "match": f"api repos/{REPOSITORY}/commits/{MERGE_SHA}/pulls",
+            "stdout": json.dumps([MERGED_PULL] if pulls is None else pulls),
+        },
+        {
+            "program": "gh",
+            "match": run_list,
+            "stdout": json.dumps([LAST_PLAN_RUN] if runs is None else runs),
+        },
+        {
+            "program": "gh",
+            "match": f"run download {PLAN_RUN_ID} --name ods-plan --dir reviewed-plan",
+            "copy": str(artifact),
+        },
+    ]
 
 
 def test_github_plan_step_runs(tmp_path: Path, start_simulator: StartSimulator) -> None:
@@ -565,28 +889,231 @@ def test_github_plan_step_reports_failure(
     assert WRONG_KEY not in result.stderr
 
 
-def test_github_apply_step_writes_state(
-    tmp_path: Path, start_simulator: StartSimulator
+def test_github_merge_applies_reviewed_plan(
+    tmp_path: Path, start_simulator: StartSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     simulator = start_simulator(PORTAL)
-    variables = github_variables(tmp_path)
-    result = run_step(github_step("Apply"), tmp_path, simulator, **variables)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.endswith("State file: ods-state/ods-reconciler.state.json\n")
+    routes = github_routes(make_reviewed_plan(tmp_path, simulator, monkeypatch))
+
+    download = run_github_step(
+        "Download the reviewed plan", tmp_path, simulator, routes=routes
+    )
+    assert download.returncode == 0, download.stderr
+    assert download.stdout == (
+        f"Applying the plan of pull request #17 made by run {PLAN_RUN_ID}.\n"
+    )
+    assert [call[:3] for call in stub_calls(tmp_path)] == [
+        ["gh", "api", f"repos/{REPOSITORY}/commits/{MERGE_SHA}/pulls"],
+        ["gh", "run", "list"],
+        ["gh", "run", "download"],
+    ]
+
+    applied = run_github_step("Apply", tmp_path, simulator)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert applied.stdout.startswith(
+        "Applying the plan saved in reviewed-plan/plan.json"
+    )
+    assert applied.stdout.endswith("State file: ods-state/ods-reconciler.state.json\n")
+    assert sent_jobs(simulator) == [("publish", "da_pub001")]
     state = json.loads((tmp_path / "ods-state/ods-reconciler.state.json").read_text())
     assert list(state["datasets"]) == ["da_pub001"]
 
+    # A re-run of the job applies the same plan again and sends nothing.
+    again = run_github_step("Apply", tmp_path, simulator)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 already applied" in again.stdout
+    assert sent_jobs(simulator) == [("publish", "da_pub001")]
 
-def test_github_apply_step_reports_lock(
+
+def test_github_merge_rejects_changed_manifests(
+    tmp_path: Path, start_simulator: StartSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    simulator = start_simulator(PORTAL)
+    routes = github_routes(make_reviewed_plan(tmp_path, simulator, monkeypatch))
+    download = run_github_step(
+        "Download the reviewed plan", tmp_path, simulator, routes=routes
+    )
+    assert download.returncode == 0, download.stderr
+
+    applied = run_github_step("Apply", tmp_path, simulator, desired=MOVED_ON)
+    assert applied.returncode == 4, applied.stdout + applied.stderr
+    assert applied.stdout.endswith(STALE_ANNOTATION)
+    assert applied.stderr == (
+        "Error: reviewed-plan/plan.json: manifests/ changed since the plan was made; "
+        "make a new plan\n"
+    )
+    assert sent_jobs(simulator) == []
+
+
+def test_github_merge_rejects_moved_dataset(
+    tmp_path: Path, start_simulator: StartSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    portal = [*PORTAL, SimulatedDataset("da_lib003", "libraries", published=False)]
+    desired = [*DESIRED, ("da_lib003", "published")]
+    simulator = start_simulator(portal)
+    artifact = make_reviewed_plan(tmp_path, simulator, monkeypatch, desired=desired)
+    download = run_github_step(
+        "Download the reviewed plan",
+        tmp_path,
+        simulator,
+        desired=desired,
+        routes=github_routes(artifact),
+    )
+    assert download.returncode == 0, download.stderr
+    # Someone publishes da_pub001 in the portal between review and merge.
+    outside = requests.put(
+        f"{simulator.api_url}/datasets/da_pub001/publish",
+        headers={"Authorization": f"Apikey {API_KEY}"},
+        timeout=5,
+    )
+    assert outside.status_code == 200, outside.text
+    simulator.reset_stats()
+
+    applied = run_github_step("Apply", tmp_path, simulator, desired=desired)
+    assert applied.returncode == 4, applied.stdout + applied.stderr
+    assert "da_pub001: REFUSED" in applied.stdout
+    assert "live state moved since the plan" in applied.stdout
+    assert applied.stdout.endswith(STALE_ANNOTATION)
+    # The dataset that did not move is still published.
+    assert sent_jobs(simulator) == [("publish", "da_lib003")]
+
+
+@pytest.mark.parametrize(
+    "pulls",
+    [
+        [],
+        [{**MERGED_PULL, "merged_at": None}],
+        [{**MERGED_PULL, "merge_commit_sha": HEAD_SHA}],
+    ],
+    ids=["none", "open", "other-merge"],
+)
+def test_github_push_without_pull_request_fails(
+    tmp_path: Path, start_simulator: StartSimulator, pulls: list[dict[str, Any]]
+) -> None:
+    simulator = start_simulator(PORTAL)
+    routes = github_routes(tmp_path / "absent.json", pulls=pulls)
+    result = run_github_step(
+        "Download the reviewed plan", tmp_path, simulator, routes=routes
+    )
+    assert result.returncode == 1
+    assert result.stdout == (
+        f"::error title=No reviewed plan::no pull request merged {MERGE_SHA}, so no "
+        "plan was reviewed for it. Change the manifests through a pull request, or "
+        "have a maintainer run this workflow on main with replan_and_apply\n"
+    )
+    assert len(stub_calls(tmp_path)) == 1
+    assert not (tmp_path / "reviewed-plan").exists()
+
+
+@pytest.mark.parametrize(
+    ("runs", "problem"),
+    [
+        (
+            [],
+            f"no ods-reconcile.yml run planned the head {HEAD_SHA} of pull request #17",
+        ),
+        (
+            [{**LAST_PLAN_RUN, "conclusion": "failure"}],
+            f"the last plan of pull request #17 (run {PLAN_RUN_ID}) is failure, "
+            "not success",
+        ),
+        (
+            [{**LAST_PLAN_RUN, "conclusion": ""}],
+            f"the last plan of pull request #17 (run {PLAN_RUN_ID}) is unfinished, "
+            "not success",
+        ),
+    ],
+    ids=["no-run", "failed", "unfinished"],
+)
+def test_github_merge_needs_successful_plan(
+    tmp_path: Path,
+    start_simulator: StartSimulator,
+    runs: list[dict[str, Any]],
+    problem: str,
+) -> None:
+    simulator = start_simulator(PORTAL)
+    routes = github_routes(tmp_path / "absent.json", runs=runs)
+    result = run_github_step(
+        "Download the reviewed plan", tmp_path, simulator, routes=routes
+    )
+    assert result.returncode == 1
+    assert result.stdout == (
+        f"::error title=No reviewed plan::{problem}. Push to a pull request to make "
+        "a new plan, or have a maintainer run this workflow on main with "
+        "replan_and_apply\n"
+    )
+    assert [call[1:3] for call in stub_calls(tmp_path)] == [
+        ["api", f"repos/{REPOSITORY}/commits/{MERGE_SHA}/pulls"],
+        ["run", "list"],
+    ]
+
+
+def test_github_replan_applies_manifests(
     tmp_path: Path, start_simulator: StartSimulator
 ) -> None:
     simulator = start_simulator(PORTAL)
+    result = run_github_step("Apply", tmp_path, simulator, expressions={REPLAN: "true"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(
+        "::warning title=Replanned::applying a plan made now from the live portal, "
+        "which nobody reviewed\nPlan for "
+    )
+    assert sent_jobs(simulator) == [("publish", "da_pub001")]
+    assert stub_calls(tmp_path) == []
+
+
+@pytest.mark.parametrize(("allowed", "code"), [("", 1), ("1", 0)], ids=["unset", "set"])
+def test_github_apply_passes_allow_unpublish(
+    tmp_path: Path,
+    start_simulator: StartSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    allowed: str,
+    code: int,
+) -> None:
+    # One unpublish out of two managed datasets is more than the 25% allowed.
+    simulator = start_simulator(PORTAL)
+    unpublish = [("da_pub001", "unpublished"), ("da_syn002", "unpublished")]
+    artifact = make_reviewed_plan(tmp_path, simulator, monkeypatch, desired=unpublish)
+    (tmp_path / "reviewed-plan").mkdir()
+    artifact.rename(tmp_path / "reviewed-plan" / "plan.json")
+
+    result = run_github_step(
+        "Apply",
+        tmp_path,
+        simulator,
+        desired=unpublish,
+        expressions={ALLOW_UNPUBLISH: allowed},
+    )
+    assert result.returncode == code, result.stdout + result.stderr
+    if allowed:
+        assert sent_jobs(simulator) == [("unpublish", "da_syn002")]
+    else:
+        assert "run again with --allow-unpublish 1" in result.stderr
+        assert sent_jobs(simulator) == []
+
+
+def test_github_apply_step_reports_lock(
+    tmp_path: Path, start_simulator: StartSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    simulator = start_simulator(PORTAL)
+    artifact = make_reviewed_plan(tmp_path, simulator, monkeypatch)
+    (tmp_path / "reviewed-plan").mkdir()
+    artifact.rename(tmp_path / "reviewed-plan" / "plan.json")
+    # Another apply, this test's process, has locked the state file.
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_at": "2026-11-27T09:12:44+00:00",
+        "command": "apply",
+    }
     (tmp_path / "ods-state").mkdir()
-    (tmp_path / "ods-state" / "ods-reconciler.state.json.lock").write_text("{}")
-    variables = github_variables(tmp_path)
-    result = run_step(github_step("Apply"), tmp_path, simulator, **variables)
+    lock = tmp_path / "ods-state" / "ods-reconciler.state.json.lock"
+    lock.write_text(json.dumps(holder))
+    simulator.reset_stats()
+
+    result = run_github_step("Apply", tmp_path, simulator)
     assert result.returncode == 5, result.stdout + result.stderr
-    assert result.stdout == (
+    assert result.stdout.endswith(
         "::error title=State file locked::ods-state/ods-reconciler.state.json "
         "is locked: the message above names the holder\n"
     )
@@ -619,9 +1146,79 @@ def test_github_drift_step_tells_error_from_drift(
     )
 
 
-def gitlab_variables() -> dict[str, str]:
+# --- GitLab CI jobs ----------------------------------------------------------------
+
+API_URL = "https://gitlab.example.invalid/api/v4"
+PROJECT_URL = f"{API_URL}/projects/42"
+GITLAB_TOKEN = "glpat-test-token-0123"
+PLAN_JOB_ID = "920"
+MERGE_REQUEST = {
+    "iid": 17,
+    "state": "merged",
+    "target_branch": "main",
+    "sha": HEAD_SHA,
+    "merge_commit_sha": MERGE_SHA,
+    "squash_commit_sha": None,
+}
+PLAN_JOBS = [
+    {"id": 919, "name": "validate", "status": "success"},
+    {"id": int(PLAN_JOB_ID), "name": "plan", "status": "success"},
+]
+
+
+def gitlab_variables(**overrides: str) -> dict[str, str]:
     variables: dict[str, str] = load(GITLAB)["variables"]
-    return {**variables, "CI_JOB_URL": "https://gitlab.example.invalid/jobs/1"}
+    return {
+        **variables,
+        "CI_JOB_URL": "https://gitlab.example.invalid/jobs/1",
+        "CI_API_V4_URL": API_URL,
+        "CI_PROJECT_ID": "42",
+        "CI_COMMIT_SHA": MERGE_SHA,
+        "CI_DEFAULT_BRANCH": "main",
+        "CI_PIPELINE_SOURCE": "push",
+        "ODS_RECONCILER_GITLAB_TOKEN": GITLAB_TOKEN,
+        **overrides,
+    }
+
+
+def gitlab_apply_script() -> str:
+    return "\n".join(load(GITLAB)["apply"]["script"])
+
+
+def gitlab_routes(
+    artifact: Path,
+    merge_requests: list[dict[str, Any]] | None = None,
+    jobs: list[dict[str, Any]] | None = None,
+    *,
+    has_pipeline: bool = True,
+) -> list[Route]:
+    """Build the curl responses of the apply job for a merge of merge request 17."""
+    pipeline = {"id": 310, "status": "success"} if has_pipeline else None
+    merge_request = {**MERGE_REQUEST, "head_pipeline": pipeline}
+    return [
+        {
+            "program": "curl",
+            "match": f"{PROJECT_URL}/repository/commits/{MERGE_SHA}/merge_requests",
+            "stdout": json.dumps(
+                [MERGE_REQUEST] if merge_requests is None else merge_requests
+            ),
+        },
+        {
+            "program": "curl",
+            "match": f"{PROJECT_URL}/merge_requests/17",
+            "stdout": json.dumps(merge_request),
+        },
+        {
+            "program": "curl",
+            "match": f"{PROJECT_URL}/pipelines/310/jobs?per_page=100",
+            "stdout": json.dumps(PLAN_JOBS if jobs is None else jobs),
+        },
+        {
+            "program": "curl",
+            "match": f"{PROJECT_URL}/jobs/{PLAN_JOB_ID}/artifacts/plan.json",
+            "copy": str(artifact),
+        },
+    ]
 
 
 def test_gitlab_plan_writes_note_body(
@@ -642,7 +1239,7 @@ def test_gitlab_failed_plan_note_has_marker(
 ) -> None:
     simulator = start_simulator(PORTAL)
     prepare_note = load(GITLAB)["plan"]["script"][0]
-    variables = {**gitlab_variables(), "ODS_API_KEY": WRONG_KEY}
+    variables = gitlab_variables(ODS_API_KEY=WRONG_KEY)
     result = run_step(prepare_note, tmp_path, simulator, **variables)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "note.md").read_text() == (
@@ -651,19 +1248,147 @@ def test_gitlab_failed_plan_note_has_marker(
     )
 
 
-def test_gitlab_apply_and_drift_run(
+def test_gitlab_merge_applies_reviewed_plan(
+    tmp_path: Path, start_simulator: StartSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    simulator = start_simulator(PORTAL)
+    routes = gitlab_routes(make_reviewed_plan(tmp_path, simulator, monkeypatch))
+
+    applied = run_step(
+        gitlab_apply_script(), tmp_path, simulator, routes=routes, **gitlab_variables()
+    )
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert applied.stdout.startswith(
+        f"Applying the plan of merge request !17 made by job {PLAN_JOB_ID}.\n"
+        "Applying the plan saved in reviewed-plan/plan.json"
+    )
+    assert sent_jobs(simulator) == [("publish", "da_pub001")]
+    assert (tmp_path / "ods-state" / "ods-reconciler.state.json").is_file()
+
+    calls = stub_calls(tmp_path)
+    assert [call[-1] for call in calls] == [
+        f"{PROJECT_URL}/repository/commits/{MERGE_SHA}/merge_requests",
+        f"{PROJECT_URL}/merge_requests/17",
+        f"{PROJECT_URL}/pipelines/310/jobs?per_page=100",
+        f"{PROJECT_URL}/jobs/{PLAN_JOB_ID}/artifacts/plan.json",
+    ]
+    for call in calls:
+        assert call[0] == "curl"
+        assert "--fail" in call
+        assert f"Authorization: Bearer {GITLAB_TOKEN}" in call
+
+
+def test_gitlab_merge_rejects_changed_manifests(
+    tmp_path: Path, start_simulator: StartSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    simulator = start_simulator(PORTAL)
+    routes = gitlab_routes(make_reviewed_plan(tmp_path, simulator, monkeypatch))
+    applied = run_step(
+        gitlab_apply_script(),
+        tmp_path,
+        simulator,
+        desired=MOVED_ON,
+        routes=routes,
+        **gitlab_variables(),
+    )
+    assert applied.returncode == 4, applied.stdout + applied.stderr
+    assert applied.stdout.endswith(
+        "Stale plan: the manifests on main or some datasets on the portal changed "
+        "since the reviewed plan, and the log above names what apply rejected.\n"
+        "Make a new plan: push to a merge request that changes the manifests, "
+        "review its plan and merge it, or have a maintainer run a pipeline on main "
+        "with ODS_REPLAN=1.\n"
+    )
+    assert sent_jobs(simulator) == []
+
+
+@pytest.mark.parametrize(
+    "merge_requests",
+    [
+        [],
+        [{**MERGE_REQUEST, "target_branch": "release"}],
+        [{**MERGE_REQUEST, "merge_commit_sha": HEAD_SHA}],
+    ],
+    ids=["none", "other-target", "other-merge"],
+)
+def test_gitlab_push_without_merge_request_fails(
+    tmp_path: Path,
+    start_simulator: StartSimulator,
+    merge_requests: list[dict[str, Any]],
+) -> None:
+    simulator = start_simulator(PORTAL)
+    routes = gitlab_routes(tmp_path / "absent.json", merge_requests=merge_requests)
+    # ODS_REPLAN counts only in a pipeline run by hand, never on a push.
+    variables = gitlab_variables(ODS_REPLAN="1")
+    result = run_step(
+        gitlab_apply_script(), tmp_path, simulator, routes=routes, **variables
+    )
+    assert result.returncode == 1
+    assert result.stdout == (
+        f"No reviewed plan: no merge request merged {MERGE_SHA}, so no plan was "
+        "reviewed for it.\n"
+        "Change the manifests through a merge request, or have a maintainer run a "
+        "pipeline on main with ODS_REPLAN=1.\n"
+    )
+    assert len(stub_calls(tmp_path)) == 1
+    assert sent_jobs(simulator) == []
+
+
+@pytest.mark.parametrize(
+    ("has_pipeline", "jobs", "status"),
+    [
+        (True, [{**PLAN_JOBS[1], "status": "failed"}], "failed"),
+        (True, [PLAN_JOBS[0]], "missing"),
+        (False, [], "missing"),
+    ],
+    ids=["failed", "no-plan-job", "no-pipeline"],
+)
+def test_gitlab_merge_needs_successful_plan(
+    tmp_path: Path,
+    start_simulator: StartSimulator,
+    has_pipeline: bool,
+    jobs: list[dict[str, Any]],
+    status: str,
+) -> None:
+    simulator = start_simulator(PORTAL)
+    routes = gitlab_routes(
+        tmp_path / "absent.json", jobs=jobs, has_pipeline=has_pipeline
+    )
+    result = run_step(
+        gitlab_apply_script(), tmp_path, simulator, routes=routes, **gitlab_variables()
+    )
+    assert result.returncode == 1
+    assert result.stdout == (
+        "No reviewed plan: the plan job of the head pipeline of merge request !17 "
+        f"is {status}, not success.\n"
+        "Push to a merge request to make a new plan, or have a maintainer run a "
+        "pipeline on main with ODS_REPLAN=1.\n"
+    )
+    assert sent_jobs(simulator) == []
+
+
+def test_gitlab_replan_applies_manifests(
     tmp_path: Path, start_simulator: StartSimulator
 ) -> None:
-    simulator = start_simulator(PORTAL, step_seconds=0.01)
-    pipeline = load(GITLAB)
-    apply_script = "\n".join(pipeline["apply"]["script"])
-    drift_script = "\n".join(pipeline["drift"]["script"])
+    simulator = start_simulator(PORTAL)
+    variables = gitlab_variables(CI_PIPELINE_SOURCE="web", ODS_REPLAN="1")
+    result = run_step(gitlab_apply_script(), tmp_path, simulator, **variables)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(
+        "ODS_REPLAN=1: applying a plan made now from the live portal, which nobody "
+        "reviewed.\nPlan for "
+    )
+    assert sent_jobs(simulator) == [("publish", "da_pub001")]
+    assert stub_calls(tmp_path) == []
 
+
+def test_gitlab_drift_job_fails_on_drift(
+    tmp_path: Path, start_simulator: StartSimulator
+) -> None:
+    simulator = start_simulator(PORTAL)
+    drift_script = "\n".join(load(GITLAB)["drift"]["script"])
     drift = run_step(drift_script, tmp_path, simulator, **gitlab_variables())
     assert drift.returncode == 2, drift.stderr
     assert drift.stdout.endswith(
         "Drift found: the portal differs from the manifests.\n"
     )
-    applied = run_step(apply_script, tmp_path, simulator, **gitlab_variables())
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    assert (tmp_path / "ods-state" / "ods-reconciler.state.json").is_file()

@@ -314,3 +314,26 @@ def test_echoed_secret_is_masked(mock: responses.RequestsMock, client: Client) -
         list(client.list_datasets())
     assert KEY not in str(caught.value)
     assert "Unknown API key ***" in str(caught.value)
+
+
+def test_credentials_strip_pasted_newline() -> None:
+    assert Credentials.from_env({"ODS_API_KEY": f"{KEY}\n"}) == Credentials(api_key=KEY)
+
+
+def test_credentials_control_character_not_echoed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Credentials.from_env({"ODS_API_KEY": "abc\x07def"})
+    assert str(caught.value) == (
+        "ODS_API_KEY contains a control character; set it again"
+    )
+
+
+def test_short_secret_is_not_masked_inside_words(
+    mock: responses.RequestsMock,
+) -> None:
+    body = error_body(401, "BadAuth", "username and password were not accepted")
+    mock.get(f"{BASE}/datasets", status=401, json=body)
+    client = Client(BASE, Credentials(username="u", password="p"))
+    with pytest.raises(ApiError) as caught:
+        list(client.list_datasets())
+    assert "username and password were not accepted" in str(caught.value)

@@ -316,7 +316,7 @@ def test_export_command_keeps_out_file_on_error(
     assert isinstance(result.exception, ApiError)
     assert str(result.exception) == (
         "GET /datasets: HTTP 401: Invalid credentials: the API key or the username "
-        "and password were not accepted.; "
+        "and password were not accepted; "
         f"the API key in ODS_API_KEY was rejected by {host}"
     )
     assert path.read_text() == "old content\n"

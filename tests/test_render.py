@@ -28,7 +28,7 @@ def check_golden(name: str, text: str) -> None:
 
 
 def test_render_text_golden() -> None:
-    text = render_plan(every_kind_plan(), show_unchanged=True, show_unmanaged=True)
+    text = render_plan(every_kind_plan(), show_unchanged=True)
     check_golden("plan.txt", text + "\n")
 
 

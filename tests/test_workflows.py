@@ -263,3 +263,19 @@ def test_saved_plan_refused_after_manifest_change(
         f"Error: {saved}: {manifest} changed since the plan was made; make a new plan\n"
     )
     assert job_count(simulator) == 0
+
+
+def test_saved_plan_with_edited_portal_is_rejected(
+    tmp_path: Path, start_simulator: StartSimulator, run_cli: RunCli
+) -> None:
+    simulator = start_simulator(PORTAL)
+    manifest = write_manifest(tmp_path / "m.yaml", DESIRED, simulator.url)
+    saved = tmp_path / "plan.json"
+    assert run_cli("plan", "--out", str(saved), str(manifest)).exit_code == 0
+    body = json.loads(saved.read_text())
+    body["base_url"] = "http://portal.example.invalid/api/management/v2"
+    saved.write_text(json.dumps(body))
+    result = run_cli("apply", str(saved))
+    assert result.exit_code == 1
+    assert "the saved plan was edited after it was made" in result.stderr
+    assert job_count(simulator) == 0
