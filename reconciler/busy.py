@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from reconciler.apply import (
     FAILED,
@@ -88,12 +89,14 @@ def abort_then_unpublish(
     state.record_result(item.uid, job_id=job_id)
     log.info("abort_processing %s: job %s", item.uid, job_id)
     result = wait_then_act(client, state, item, timeout)
+    aborted = f"aborted the publish under way (job {job_id or 'unknown'})"
     if result.outcome == SUBMITTED:
         return ActionResult(
-            item.uid,
-            result.action,
-            SUBMITTED,
-            job_id=result.job_id,
-            detail="after aborting the publish under way",
+            item.uid, result.action, SUBMITTED, job_id=result.job_id, detail=aborted
         )
-    return result
+    if result.outcome == IN_SYNC:
+        detail = f"{aborted}; {result.detail}"
+        return ActionResult(
+            item.uid, "abort_processing", SUBMITTED, job_id=job_id, detail=detail
+        )
+    return replace(result, detail=f"{aborted}; then {result.detail}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -253,4 +254,11 @@ cli.add_command(simulator_command)
 
 def main() -> None:
     """Run the ods-reconcile command line."""
+    # Stop on SIGTERM, as CI runners send it, the way Ctrl-C stops: queued
+    # requests are dropped, and the lock and the state file are left in order.
+    signal.signal(signal.SIGTERM, _interrupt)
     cli.main(prog_name="ods-reconcile")
+
+
+def _interrupt(signal_number: int, frame: object) -> None:
+    raise KeyboardInterrupt

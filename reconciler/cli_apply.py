@@ -288,17 +288,23 @@ def run_apply(
         state.begin_run("apply", the_plan.manifest_digest, dry_run=False)
     progress = Progress(len(the_plan.actions))
     handler = busy_handler(options.on_busy, client, state, timeout=options.timeout)
-    results = apply_plan(
-        the_plan,
-        client,
-        None if options.dry_run else state,
-        dry_run=options.dry_run,
-        parallelism=options.parallelism,
-        plan_id=plan_id,
-        handle_busy=handler,
-        on_done=progress.advance,
-    )
-    progress.close()
+    try:
+        results = apply_plan(
+            the_plan,
+            client,
+            None if options.dry_run else state,
+            dry_run=options.dry_run,
+            parallelism=options.parallelism,
+            plan_id=plan_id,
+            handle_busy=handler,
+            on_done=progress.advance,
+        )
+    except KeyboardInterrupt:
+        if not options.dry_run:
+            state.finish_run("interrupted")
+        raise
+    finally:
+        progress.close()
     if options.wait and not options.dry_run:
         desired = {item.uid: item.desired for item in the_plan.items}
         results = follow_jobs(client, state, results, desired, timeout=options.timeout)

@@ -8,9 +8,7 @@ dataset is declared in the state its published flag has at export time.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,12 +35,12 @@ from reconciler.plan import (
     normalize_status,
     plan_item,
 )
+from reconciler.state import write_atomic as replace_atomically
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PARALLELISM = 8
 # Mode of a new --out file. A file that already exists keeps its mode.
-NEW_FILE_MODE = 0o644
 
 
 @dataclass(frozen=True)
@@ -278,28 +276,11 @@ def quote(text: str) -> str:
 def write_atomic(path: Path, text: str) -> None:
     """Write text to a temporary file in path's folder, then rename it over path."""
     try:
-        _replace_file(path, text)
+        replace_atomically(path, text)
     except OSError as error:
         raise ConfigError(
             f"failed to write {path}: {error.strerror}; choose another --out path"
         ) from None
-
-
-def _replace_file(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o777 if path.exists() else NEW_FILE_MODE
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 @click.command("export")

@@ -151,7 +151,6 @@ class StateLock:
 def _create_exclusive(path: Path) -> int | None:
     """Create the file and open it for writing, or return None if it exists."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, LOCK_FILE_MODE)
     except FileExistsError:
         return None

@@ -10,8 +10,9 @@ failed (the listing carries no error message).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -44,8 +45,25 @@ def parallel_map(
     values = list(values)
     if parallelism <= 1 or len(values) <= 1:
         return [function(value) for value in values]
-    with ThreadPoolExecutor(max_workers=parallelism) as pool:
+    with worker_pool(parallelism) as pool:
         return list(pool.map(function, values))
+
+
+@contextmanager
+def worker_pool(parallelism: int) -> Iterator[ThreadPoolExecutor]:
+    """Run work on threads; on an exception or interrupt, drop the queued work.
+
+    A plain executor would still run every queued task after Ctrl-C, sending
+    the requests the user meant to stop. The tasks already running finish, so
+    their state file records are complete.
+    """
+    pool = ThreadPoolExecutor(max_workers=parallelism)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def observe(
@@ -73,7 +91,7 @@ def observe(
     def read(uid: str, item: dict[str, Any] | None) -> Observation:
         return read_status(client, uid, item, expand_user=expand_user)
 
-    with ThreadPoolExecutor(max_workers=parallelism) as pool:
+    with worker_pool(parallelism) as pool:
         for item in client.list_datasets():
             uid = item.get("dataset_uid")
             entry = wanted.get(uid) if isinstance(uid, str) else None

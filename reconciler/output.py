@@ -167,7 +167,7 @@ def render_results(
             else _result_line(result)
             for result in results
         ]
-        return "\n".join([*lines, "", "Dry run: no request was sent."])
+        return "\n".join([*lines, "", "Dry run: no publish or unpublish was sent."])
 
     lines = [f"Applied the plan to {domain}", ""]
     lines.extend(_result_line(result) for result in results)
@@ -198,7 +198,7 @@ def _result_line(result: ActionResult) -> str:
     if result.outcome == SUBMITTED:
         line = f"{head}: job {result.job_id or 'unknown'}"
         if result.detail:
-            line += f" ({result.detail})"
+            line += f"; {result.detail}"
         if result.job_outcome is not None:
             line += f", {JOB_WORDS[result.job_outcome]}"
             line += f": {result.job_detail}" if result.job_detail else ""

@@ -91,7 +91,12 @@ def save_plan(
 ) -> None:
     """Write the plan for a later apply, atomically."""
     body = plan_to_dict(plan, state_path=state_path, manifest_paths=manifest_paths)
-    write_atomic(path, json.dumps(body, indent=2) + "\n")
+    try:
+        write_atomic(path, json.dumps(body, indent=2) + "\n")
+    except OSError as error:
+        raise PlanFileError(
+            f"cannot write the plan to {path}: {error.strerror}"
+        ) from None
 
 
 def is_saved_plan(path: Path) -> bool:

@@ -235,6 +235,8 @@ def _read_entries(path: Path) -> list[object]:
         )
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({error.reason})") from None
     except OSError as error:
         raise ConfigError(f"{path}: failed to read seed file: {error}") from error
     try:

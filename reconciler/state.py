@@ -237,7 +237,12 @@ class StateFile:
             with self._lock:
                 covered = self._changes
                 text = serialize(self.data, self._lines)
-            write_atomic(self.path, text, backup=True)
+            try:
+                write_atomic(self.path, text, backup=True)
+            except OSError as error:
+                raise StateError(
+                    f"cannot write the state file {self.path}: {error.strerror}"
+                ) from None
             self._saved = covered
 
 
@@ -304,9 +309,18 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
+def _new_file_mode() -> int:
+    """Return 0o666 less the process umask, the mode open() would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path: Path, text: str, *, backup: bool = False) -> None:
-    """Replace a file's content at once: a flushed temporary file, renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Replace a file's content at once: a flushed temporary file, renamed.
+
+    The folder must exist: creating it would hide a mistyped path.
+    """
     descriptor, temporary = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
     )
@@ -315,6 +329,12 @@ def write_atomic(path: Path, text: str, *, backup: bool = False) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates the file readable by its owner only; keep the mode
+        # of the file replaced, or give a new one the usual mode.
+        os.chmod(
+            temporary,
+            path.stat().st_mode & 0o777 if path.exists() else _new_file_mode(),
+        )
         if backup:
             _keep_backup(path)
         os.replace(temporary, path)

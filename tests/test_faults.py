@@ -239,9 +239,9 @@ def test_apply_lost_answer_sends_once(
     assert sorted(jobs) == [("da_lost01", "publish"), ("da_lost02", "publish")]
     for uid in ("da_lost01", "da_lost02"):
         assert re.search(
-            rf"^  publish    {uid}: job unknown \(the answer was lost \(PUT "
+            rf"^  publish    {uid}: job unknown; the answer was lost \(PUT "
             rf"/datasets/{uid}/publish: request failed: .+\) but the portal shows "
-            r"the action under way\)",
+            r"the action under way",
             result.stdout,
             re.M,
         ), result.stdout
@@ -629,8 +629,8 @@ def test_on_busy_abort_then_unpublishes(
 
     assert result.exit_code == 0, result.output
     assert re.search(
-        rf"^  unpublish  da_busy01: job {JOB_ID} \(after aborting the publish under "
-        r"way\)",
+        rf"^  unpublish  da_busy01: job {JOB_ID}; aborted the publish under "
+        rf"way \(job {JOB_ID}\)",
         result.stdout,
         re.M,
     ), result.stdout

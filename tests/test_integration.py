@@ -112,7 +112,7 @@ def test_apply_dry_run_sends_no_write(
     assert result.exit_code == 0, result.output
     assert "Would send 2 actions to" in result.stdout
     assert "  publish    da_pub001\n" in result.stdout
-    assert "Dry run: no request was sent." in result.stdout
+    assert "Dry run: no publish or unpublish was sent." in result.stdout
     assert writes(simulator) == 0
     assert simulator.stats()["jobs"] == []
     assert not (tmp_path / "m.state.json").exists()

@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 
 from reconciler.cli import cli
 from reconciler.cli_options import EXIT_LOCKED
+from reconciler.errors import StateError
 from reconciler.lock import (
     StateLock,
     StateLockedError,
@@ -94,11 +95,15 @@ def test_state_lock_writes_holder_and_removes_file(
     assert lock.holder is None
 
 
-def test_state_lock_creates_missing_folder(tmp_path: Path) -> None:
+def test_state_lock_missing_folder_is_an_error(tmp_path: Path) -> None:
     state_path = tmp_path / "new" / "m.state.json"
-    with StateLock(state_path, "apply"):
-        assert (tmp_path / "new" / "m.state.json.lock").exists()
-    assert list((tmp_path / "new").iterdir()) == []
+    with pytest.raises(StateError) as caught:
+        StateLock(state_path, "apply").acquire()
+    assert str(caught.value) == (
+        f"failed to create the lock file {state_path}.lock: No such file or "
+        f"directory; check that {tmp_path / 'new'} exists and is writable"
+    )
+    assert not (tmp_path / "new").exists()
 
 
 def test_state_lock_acquire_again_after_release(
