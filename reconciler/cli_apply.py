@@ -185,7 +185,12 @@ def apply_command(
     options = ApplyOptions(
         dry_run, parallelism, on_busy, wait, timeout, allow_unpublish
     )
-    if len(sources) == 1 and is_saved_plan(Path(sources[0])):
+    saved = [source for source in sources if is_saved_plan(Path(source))]
+    if saved and len(sources) > 1:
+        raise ConfigError(
+            f"{saved[0]} is a saved plan: apply it alone, without manifests"
+        )
+    if saved:
         if only or exclude:
             raise ConfigError(
                 "--only and --exclude apply when planning, not to a saved plan"

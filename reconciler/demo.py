@@ -57,7 +57,7 @@ def wait_until_settled(client: Client, manifest_path: Path, uids: set[str]) -> P
 def demo_command(state_path: Path) -> None:
     """Plan and apply examples/manifest.yaml against a local simulator."""
     manifest_path = EXAMPLES / "manifest.yaml"
-    seed_path = EXAMPLES / "simulator-seed.yaml"
+    seed_path = EXAMPLES / "simulator" / "riverton-seed.yaml"
     api_key = secrets.token_hex(16)
     config = SimulatorConfig(api_keys={api_key: DEFAULT_RIGHTS})
 

@@ -263,3 +263,9 @@ def test_demo_applies_example(tmp_path: Path, run_cli: RunCli) -> None:
     state = json.loads(state_path.read_text())
     assert len([r for r in state["datasets"].values() if r["job_id"]]) == 4
     assert API_KEY not in result.output
+
+
+def test_examples_folder_validates(run_cli: RunCli) -> None:
+    result = run_cli("validate", str(ROOT / "examples"))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "1 file valid: 16 datasets declared\n"

@@ -173,8 +173,7 @@ def example_manifests() -> list[Path]:
     return sorted(
         path
         for path in EXAMPLES.rglob("*.yaml")
-        if path.name != "simulator-seed.yaml"
-        and "ci" not in path.relative_to(EXAMPLES).parts[:-1]
+        if not {"ci", "simulator"} & set(path.relative_to(EXAMPLES).parts[:-1])
     )
 
 

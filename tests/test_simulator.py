@@ -706,7 +706,7 @@ def test_stop_closes_idle_keep_alive_connections(
 
 
 def test_load_seed_reads_example_file() -> None:
-    datasets = load_seed(REPOSITORY / "examples" / "simulator-seed.yaml")
+    datasets = load_seed(REPOSITORY / "examples" / "simulator" / "riverton-seed.yaml")
     by_uid = {dataset.uid: dataset for dataset in datasets}
 
     assert len(datasets) == 18
@@ -846,7 +846,7 @@ def environment_without_credentials() -> dict[str, str]:
 def test_command_serves_seed_file() -> None:
     env = environment_without_credentials() | {"ODS_API_KEY": "cli-key"}
     process = run_command(
-        "--port", "0", "--seed-file", "examples/simulator-seed.yaml", env=env
+        "--port", "0", "--seed-file", "examples/simulator/riverton-seed.yaml", env=env
     )
     try:
         assert process.stdout is not None
