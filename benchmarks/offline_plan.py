@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from reconciler.manifest import load_manifests
-from reconciler.plan import DesiredDataset, ObservedDataset, build_plan
+from reconciler.observe import desired_datasets
+from reconciler.plan import ObservedDataset, build_plan
 from reconciler.simulator import generate_datasets
 
 T = TypeVar("T")
@@ -65,10 +66,7 @@ def main() -> None:
         }
 
     def plan() -> int:
-        desired = [
-            DesiredDataset(entry.uid, entry.state, entry.dataset_id)
-            for entry in manifest.datasets
-        ]
+        desired = desired_datasets(manifest)
         the_plan = build_plan("127.0.0.1", manifest.digest, desired, observed)
         return len(the_plan.actions)
 

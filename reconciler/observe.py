@@ -29,6 +29,7 @@ from reconciler.plan import (
     UnmanagedDataset,
     Unobservable,
     build_plan,
+    paused_gc,
 )
 from reconciler.state import History
 
@@ -192,6 +193,28 @@ def _user_name(value: Any) -> str | None:
     return _text(value)
 
 
+def desired_datasets(
+    manifest: Manifest,
+    *,
+    select: Callable[[str], bool] | None = None,
+    known: History | None = None,
+) -> list[DesiredDataset]:
+    """List what the manifest asks, with the protections and actions under way."""
+    known = known or History()
+    with paused_gc():
+        return [
+            DesiredDataset(
+                entry.uid,
+                entry.state,
+                entry.dataset_id,
+                protected=entry.uid in known.protected,
+                last_action=known.last_actions.get(entry.uid),
+            )
+            for entry in manifest.datasets
+            if select is None or select(entry.uid)
+        ]
+
+
 def plan_manifest(
     client: Client,
     manifest: Manifest,
@@ -206,18 +229,7 @@ def plan_manifest(
     `select` keeps the uids it returns true for; the others are left alone.
     `known` brings the protections and actions under way from the state file.
     """
-    known = known or History()
-    desired = [
-        DesiredDataset(
-            entry.uid,
-            entry.state,
-            entry.dataset_id,
-            protected=entry.uid in known.protected,
-            last_action=known.last_actions.get(entry.uid),
-        )
-        for entry in manifest.datasets
-        if select is None or select(entry.uid)
-    ]
+    desired = desired_datasets(manifest, select=select, known=known)
     observed, unmanaged = observe(
         client,
         desired,
