@@ -182,7 +182,15 @@ def main() -> None:
     recorded = {r["job_id"] for r in state["datasets"].values() if r["job_id"]}
     figures["jobs_issued"] = len(jobs)
     figures["duplicate_submissions"] = sum(count - 1 for count in pairs.values())
-    figures["lost_job_ids"] = sum(1 for job in jobs if job["job_id"] not in recorded)
+    lost = [job for job in jobs if job["job_id"] not in recorded]
+    figures["lost_job_ids"] = len(lost)
+    # A job whose record is still "pending" was in flight when the process was
+    # killed: the portal answered, but nobody was left to write the answer down.
+    figures["lost_in_flight_at_kill"] = sum(
+        1
+        for job in lost
+        if state["datasets"].get(job["dataset_uid"], {}).get("outcome") == "pending"
+    )
     figures["responses"] = stats["responses"]
     options.json.parent.mkdir(parents=True, exist_ok=True)
     options.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
