@@ -32,11 +32,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from jsonschema import ValidationError
 from jsonschema.protocols import Validator
 
 from reconciler import schemas
+from reconciler.client import is_loopback
 from reconciler.errors import ManifestError
 from reconciler.yaml_reader import (
     JsonPath,
@@ -224,7 +226,21 @@ def _load_file(path: Path) -> ManifestFile:
     file.problems += _schema_problems(file)
     file.problems += ambiguous_scalar_problems(file)
     file.problems += _boolean_spelling_problems(file)
+    file.problems += _plain_http_problems(file)
     return file
+
+
+def _plain_http_problems(file: ManifestFile) -> list[Problem]:
+    """Reject an http:// domain off loopback: credentials would travel in clear."""
+    domain = file.value_at(("domain",)) if _declares_domain(file) else None
+    if not isinstance(domain, str) or not domain.lower().startswith("http://"):
+        return []
+    host = urlsplit(domain).hostname or ""
+    if is_loopback(host):
+        return []
+    line, column = file.locate(("domain",))
+    message = f"{domain!r} uses http://, allowed only for loopback hosts; use https://"
+    return [Problem(file.path, line, column, "$.domain", message)]
 
 
 # The manifest keys whose value is a boolean.

@@ -379,6 +379,14 @@ class ManifestFile:
         self._add_value(value, frame.line, frame.column)
 
 
+def _character_at(data: bytes, line: int, column: int) -> str:
+    """Return the character at a 1-based line and column, or "" past the end."""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if line > len(lines) or column > len(lines[line - 1]):
+        return ""
+    return lines[line - 1][column - 1]
+
+
 def parse_file(file: ManifestFile, data: bytes) -> bool:
     """Parse `data` into `file`, and return False after a YAML syntax error."""
     try:
@@ -386,7 +394,10 @@ def parse_file(file: ManifestFile, data: bytes) -> bool:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line, column = _mark_position(mark)
-        file.add_problem((), line, column, f"invalid YAML: {error.problem or error}")
+        message = f"invalid YAML: {error.problem or error}"
+        if mark is not None and _character_at(data, line, column) == "\t":
+            message += " (a tab: YAML indents with spaces only)"
+        file.add_problem((), line, column, message)
         return False
     except yaml.reader.ReaderError as error:
         line = data.count(b"\n", 0, error.position) + 1

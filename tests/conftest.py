@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -60,3 +61,20 @@ def write_manifest(
         lines += [f"  - uid: {uid}", f"    state: {state}"]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def write_requests(simulator: Simulator) -> int:
+    """Count the requests other than GET that the simulator received."""
+    return sum(
+        count
+        for route, count in simulator.stats()["requests"].items()
+        if not route.startswith("GET ")
+    )
+
+
+def wait_idle(simulator: Simulator, uids: list[str], timeout: float = 10.0) -> None:
+    """Wait until the datasets are idle again, failing the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while any(simulator.snapshot(uid)["name"] != "idle" for uid in uids):
+        assert time.monotonic() < deadline, "datasets did not settle"
+        time.sleep(0.05)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from click.testing import Result
 
 from reconciler.simulator import SimulatedDataset, Simulator
-from tests.conftest import API_KEY, ROOT, write_manifest
+from tests.conftest import API_KEY, ROOT, wait_idle, write_manifest, write_requests
 
 StartSimulator = Callable[..., Simulator]
 RunCli = Callable[..., Result]
@@ -27,21 +26,6 @@ DESIRED = [
     ("da_syn003", "published"),
     ("da_syn004", "unpublished"),
 ]
-
-
-def writes(simulator: Simulator) -> int:
-    return sum(
-        count
-        for route, count in simulator.stats()["requests"].items()
-        if not route.startswith("GET ")
-    )
-
-
-def wait_idle(simulator: Simulator, uids: list[str], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while any(simulator.snapshot(uid)["name"] != "idle" for uid in uids):
-        assert time.monotonic() < deadline, "datasets did not settle"
-        time.sleep(0.05)
 
 
 def test_plan_prints_changes(
@@ -63,7 +47,7 @@ def test_plan_prints_changes(
         "1 to publish, 1 to unpublish, 2 unchanged\n"
     )
     assert result.stderr == ""
-    assert writes(simulator) == 0
+    assert write_requests(simulator) == 0
 
 
 def test_plan_detailed_exitcode(
@@ -113,7 +97,7 @@ def test_apply_dry_run_sends_no_write(
     assert "Would send 2 actions to" in result.stdout
     assert "  publish    da_pub001\n" in result.stdout
     assert "Dry run: no publish or unpublish was sent." in result.stdout
-    assert writes(simulator) == 0
+    assert write_requests(simulator) == 0
     assert simulator.stats()["jobs"] == []
     assert not (tmp_path / "m.state.json").exists()
 
@@ -208,7 +192,7 @@ def test_corrupt_state_file_is_left_untouched(
         f"Error: {state_path}:1:26: the state file is not valid JSON"
     )
     assert state_path.read_text() == '{"version": 1, "domain": '
-    assert writes(simulator) == 0
+    assert write_requests(simulator) == 0
 
 
 def test_unknown_state_version_stops_the_run(
@@ -224,7 +208,7 @@ def test_unknown_state_version_stops_the_run(
         f"Error: {state_path}: unknown state file version 7, expected 1; "
         "it was left untouched\n"
     )
-    assert writes(simulator) == 0
+    assert write_requests(simulator) == 0
 
 
 def test_apply_again_while_busy_sends_nothing(

@@ -921,3 +921,31 @@ def test_load_manifests_restores_cycle_collector(workdir: Path) -> None:
         load_manifests(["bad.yaml"])
 
     assert gc.isenabled()
+
+
+def test_load_manifests_names_tab_indentation(tmp_path: Path) -> None:
+    path = tmp_path / "tab.yaml"
+    path.write_text("version: 1\ndatasets:\n\t- uid: da_a\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifests([path])
+    assert caught.value.problems == [
+        f"{path}:3:1: $: invalid YAML: found character that cannot start any "
+        "token (a tab: YAML indents with spaces only)"
+    ]
+
+
+def test_load_manifests_rejects_plain_http_domain(tmp_path: Path) -> None:
+    path = tmp_path / "http.yaml"
+    path.write_text("version: 1\ndomain: http://data.example.org\ndatasets: []\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifests([path])
+    assert caught.value.problems == [
+        f"{path}:2:9: $.domain: 'http://data.example.org' uses http://, allowed "
+        "only for loopback hosts; use https://"
+    ]
+
+
+def test_load_manifests_accepts_loopback_http_domain(tmp_path: Path) -> None:
+    path = tmp_path / "local.yaml"
+    path.write_text("version: 1\ndomain: http://127.0.0.1:8765\ndatasets: []\n")
+    assert load_manifests([path]).domain == "http://127.0.0.1:8765"

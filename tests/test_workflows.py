@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from click.testing import Result
 
 from reconciler.cli_options import EXIT_CODES
 from reconciler.simulator import SimulatedDataset, Simulator
-from tests.conftest import API_KEY, ROOT, write_manifest
+from tests.conftest import API_KEY, ROOT, wait_idle, write_manifest
 
 StartSimulator = Callable[..., Simulator]
 RunCli = Callable[..., Result]
@@ -33,13 +32,6 @@ DESIRED = [
 
 def job_count(simulator: Simulator) -> int:
     return len(simulator.stats()["jobs"])
-
-
-def wait_idle(simulator: Simulator, uids: list[str]) -> None:
-    deadline = time.monotonic() + 5
-    while any(simulator.snapshot(uid)["name"] != "idle" for uid in uids):
-        assert time.monotonic() < deadline, "datasets did not settle"
-        time.sleep(0.05)
 
 
 def act_behind_our_back(simulator: Simulator, uid: str, action: str) -> None:
