@@ -163,7 +163,8 @@ class Simulator:
 # `datasets:` key, in YAML (.yaml, .yml) or JSON (.json). Each entry has `uid`,
 # `dataset_id` and `published`, and optionally `status` (idle by default),
 # `message` (error and limit_reached only), `busy_seconds` (queued, processing and
-# deleting only), `title` and `user`.
+# deleting only), `title`, `user` and `fail_publish` (a message: every publish
+# of the dataset then ends in error with it).
 
 
 _UID_PATTERN = re.compile(r"da_[a-z0-9]+")
@@ -202,6 +203,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "busy_seconds": (_is_seconds, "a number of seconds, 0 or more"),
     "title": (_is_text, "a non-empty string"),
     "user": (_is_text, "a non-empty string"),
+    "fail_publish": (_is_text, "a non-empty string"),
 }
 
 
@@ -299,6 +301,7 @@ def _dataset_from_entry(entry: dict[str, Any]) -> SimulatedDataset:
         busy_seconds=None if busy_seconds is None else float(busy_seconds),
         title=entry.get("title"),
         user=entry.get("user") or DEFAULT_DATASET_USER,
+        fail_publish=entry.get("fail_publish"),
     )
 
 

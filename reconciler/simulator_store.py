@@ -33,6 +33,9 @@ class SimulatedDataset:
     title: str | None = None
     # Username reported by ?expand=user until an action replaces it.
     user: str = DEFAULT_DATASET_USER
+    # When set, every publish of this dataset ends in error with this message,
+    # the published flag unchanged, as when the source cannot be read.
+    fail_publish: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in SEED_STATUSES:
@@ -55,6 +58,9 @@ class _Action:
     published_before: bool
     published_after: bool
     user: str
+    # The status and message the action ends in.
+    final_status: str = "idle"
+    final_message: str | None = None
 
     def current_phase(self, now: float) -> tuple[str, float]:
         for name, started_at in reversed(self.phases):
@@ -179,12 +185,15 @@ class DatasetStore:
                 user=user,
             )
         busy_status = "processing" if verb == "publish" else "deleting"
+        failure = entry.dataset.fail_publish if verb == "publish" else None
         return _Action(
             phases=[("queued", now), (busy_status, now + self._step)],
             ends_at=now + 2 * self._step,
             published_before=entry.published,
-            published_after=verb == "publish",
+            published_after=entry.published if failure else verb == "publish",
             user=user,
+            final_status="error" if failure else "idle",
+            final_message=failure,
         )
 
     def _observe(self, entry: _Entry, now: float) -> Observed:
@@ -213,9 +222,9 @@ class DatasetStore:
         action = entry.action
         if action is None or now < action.ends_at:
             return
-        entry.status = "idle"
+        entry.status = action.final_status
         entry.published = action.published_after
-        entry.message = None
+        entry.message = action.final_message
         entry.since = action.ends_at
         entry.user = action.user
         entry.action = None

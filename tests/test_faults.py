@@ -660,8 +660,34 @@ def test_on_busy_wait_times_out_on_unknown_heading(
 
 # --- apply --wait ------------------------------------------------------------------
 
-# TODO: test a publish that ends in error under --wait, needed once the
-# simulator can end an action in error. Every simulated action ends idle.
+
+def test_apply_wait_reports_job_failed(
+    tmp_path: Path, start_simulator: StartSimulator, run_cli: RunCli
+) -> None:
+    portal = [
+        SimulatedDataset("da_fail01", "roads", False, fail_publish="Source gone"),
+        SimulatedDataset("da_fine02", "trees", published=False),
+    ]
+    simulator = start_simulator(portal)
+    entries = [("da_fail01", "published"), ("da_fine02", "published")]
+    manifest = write_manifest(tmp_path / "m.yaml", entries, simulator.url)
+
+    result = run_cli("apply", "--wait", "--timeout", "10", str(manifest))
+
+    assert result.exit_code == 3, result.output
+    assert re.search(
+        rf"^  publish    da_fail01: job {JOB_ID}, failed: ended in error: "
+        r"Source gone$",
+        result.stdout,
+        re.M,
+    ), result.stdout
+    assert (
+        "2 submitted, 0 failed; 1 job succeeded, 1 job failed, 0 jobs timed out\n"
+        in result.stdout
+    )
+    record = read_state(tmp_path / "m.state.json")["datasets"]["da_fail01"]
+    assert record["settled"]["outcome"] == "failed"
+    assert record["settled"]["detail"] == "ended in error: Source gone"
 
 
 def test_apply_wait_reports_succeeded(
