@@ -1,4 +1,4 @@
-"""What apply does with a dataset that is busy when it wants to act: --on-busy."""
+"""The --on-busy policies: apply's handling of a dataset busy when it must act."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from reconciler.plan import FAILED_STATUSES, PUBLISHED, ObservedDataset, state_n
 from reconciler.state import StateFile
 from reconciler.waiting import wait_until_settled
 
-# How a followed job ended.
+# Outcomes of a followed job.
 JOB_SUCCEEDED = "succeeded"
 JOB_FAILED = "failed"
 JOB_TIMED_OUT = "timed_out"
@@ -44,7 +44,7 @@ def follow_jobs(
 def job_outcome(
     observed: ObservedDataset | None, desired: str, timeout: float
 ) -> tuple[str, str | None]:
-    """Name how a job ended from the settled status, and say why when it failed."""
+    """Classify a job from its settled status, with the reason when it failed."""
     if observed is None:
         return JOB_TIMED_OUT, f"still running after {timeout:g}s; outcome unknown"
     if observed.status in FAILED_STATUSES:

@@ -26,7 +26,9 @@ STATE_VERSION = 1
 MAX_RUNS = 100
 
 # Outcomes of one action on one dataset.
-PENDING = "pending"  # the request is about to be sent, or was sent without answer
+PENDING = (
+    "pending"  # the request is about to be sent, or was sent with no response recorded
+)
 SUBMITTED = "submitted"
 FAILED = "failed"
 UNKNOWN = "unknown"  # the request failed after it was sent and no status was read
@@ -53,7 +55,7 @@ def default_state_path(manifest_paths: list[Path]) -> Path:
 
 @dataclass(frozen=True)
 class History:
-    """What the state file tells the planner: protections and actions under way."""
+    """The protections and actions under way that the state file gives the planner."""
 
     protected: frozenset[str] = frozenset()
     # The action last submitted per dataset, for the jobs not seen to finish.
@@ -98,8 +100,8 @@ class StateFile:
     def known(self, manifest: Manifest) -> History:
         """Return the protections in force and the actions still under way.
 
-        A dataset is protected if the manifest says `protect: true` or the state
-        file remembers it, unless the manifest says `protect: false`.
+        A dataset is protected if the manifest sets `protect: true` or the state
+        file remembers it, unless the manifest sets `protect: false`.
         """
         protected = self.protected
         for entry in manifest.datasets:
@@ -175,9 +177,9 @@ class StateFile:
         error: str | None = None,
         outcome: str | None = None,
     ) -> None:
-        """Record the answer to a request (its job id, or why it failed) and save.
+        """Record the response to a request (its job id, or why it failed) and save.
 
-        The outcome is submitted, or failed when an error is given, unless told.
+        The outcome is submitted, or failed when an error is given, unless set.
         """
         outcome = outcome or (FAILED if error else SUBMITTED)
         with self._lock:

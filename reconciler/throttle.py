@@ -1,6 +1,6 @@
 """A limit on requests in flight, shared by every thread of a run.
 
-A 429 answer halves the limit and pauses every sender until Retry-After has
+A 429 response halves the limit and pauses every sender until Retry-After has
 passed, so that the whole run slows down, not only the request that was
 refused. Each run of successes as long as the limit raises it by one, back up
 to the maximum the user chose.
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class Throttle:
-    """Admit at most `limit` requests at once; adapt the limit to 429 answers."""
+    """Admit at most `limit` requests at once; adapt the limit to 429 responses."""
 
     def __init__(self, maximum: int) -> None:
         self.maximum = max(1, maximum)
