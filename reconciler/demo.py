@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -67,9 +68,13 @@ def demo_command(state_path: Path) -> None:
         client = Client(simulator.api_url, Credentials(api_key=api_key))
         domain = simulator.url
 
-        click.echo(f"\n$ ods-reconcile plan {manifest_path} --domain {domain}\n")
+        click.echo(
+            f"\n$ ods-reconcile plan {manifest_path} --domain {domain} "
+            "--report-unmanaged\n"
+        )
         plan = plan_for(client, manifest_path)
         click.echo(render_plan(plan))
+        plan = replace(plan, unmanaged=())
 
         click.echo(f"\n$ ods-reconcile apply {manifest_path} --domain {domain}\n")
         state_path.unlink(missing_ok=True)
@@ -83,7 +88,8 @@ def demo_command(state_path: Path) -> None:
 
         click.echo("\nWaiting for the jobs to finish, then planning again:\n")
         acted = {result.uid for result in results}
-        click.echo(render_plan(wait_until_settled(client, manifest_path, acted)))
+        settled = wait_until_settled(client, manifest_path, acted)
+        click.echo(render_plan(replace(settled, unmanaged=())))
         client.close()
 
     jobs = sum(1 for result in results if result.job_id)
