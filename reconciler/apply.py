@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from reconciler.client import Client
 from reconciler.errors import ApiError
-from reconciler.observe import parallel_map, read_status
+from reconciler.observe import STOPPING, parallel_map, read_status
 from reconciler.plan import (
     BUSY,
     BUSY_STATUSES,
@@ -110,6 +110,8 @@ def act(
     client: Client, state: StateFile, item: PlanItem, plan_id: str | None
 ) -> ActionResult:
     """Send an item's action, after checking a saved plan still holds."""
+    if STOPPING.is_set():
+        return ActionResult(item.uid, item.kind, SKIPPED, detail="run interrupted")
     if plan_id is not None:
         refusal = check_still_planned(client, state, item, plan_id)
         if refusal is not None:
@@ -155,6 +157,8 @@ def send_action(
     connection, 5xx) is followed by a status read: if the action was taken, it
     is recorded as submitted and not sent again.
     """
+    if STOPPING.is_set():
+        return ActionResult(item.uid, item.kind, SKIPPED, detail="run interrupted")
     state.record_intent(item.uid, item.kind, plan_id=plan_id)
     send = client.publish if item.kind == PUBLISH else client.unpublish
     last_error = ""

@@ -17,7 +17,9 @@ from reconciler.apply import (
 )
 from reconciler.client import Client
 from reconciler.errors import ApiError
+from reconciler.observe import STOPPING
 from reconciler.plan import (
+    PROTECTED,
     PUBLISHED,
     UNPUBLISHED,
     DesiredDataset,
@@ -44,7 +46,9 @@ def busy_handler(
         return wait_then_act(client, state, item, timeout)
 
     def abort(item: PlanItem) -> ActionResult:
-        if not aborts_a_publish(item):
+        # A protected dataset is never unpublished, so its publish is not
+        # aborted for that either.
+        if not aborts_a_publish(item) or item.uid in state.protected:
             return skip_busy(item)
         return abort_then_unpublish(client, state, item, timeout)
 
@@ -69,10 +73,17 @@ def wait_then_act(
     if observed is None:
         detail = f"still busy after waiting {timeout:g}s: {item.reason}"
         return ActionResult(item.uid, "none", SKIPPED, detail=detail)
-    desired = DesiredDataset(item.uid, item.desired, item.dataset_id)
+    desired = DesiredDataset(
+        item.uid,
+        item.desired,
+        item.dataset_id,
+        protected=item.uid in state.protected,
+    )
     again = plan_item(desired, observed)
     if again.is_action:
         return send_action(client, state, again)
+    if again.kind == PROTECTED:
+        return ActionResult(item.uid, "none", SKIPPED, detail=again.reason)
     return ActionResult(item.uid, "none", IN_SYNC, detail=f"now {again.reason}")
 
 
@@ -80,6 +91,8 @@ def abort_then_unpublish(
     client: Client, state: StateFile, item: PlanItem, timeout: float
 ) -> ActionResult:
     """Abort the publish under way, wait for it to stop, then unpublish."""
+    if STOPPING.is_set():
+        return ActionResult(item.uid, "none", SKIPPED, detail="run interrupted")
     state.record_intent(item.uid, "abort_processing")
     try:
         job_id = client.abort_processing(item.uid)

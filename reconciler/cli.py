@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -47,6 +48,7 @@ from reconciler.github import annotate_problems, append_step_summary, on_github_
 from reconciler.lock import StateLockedError, force_unlock_command
 from reconciler.manifest import Manifest, load_manifests, manifest_files
 from reconciler.markdown import render_markdown
+from reconciler.observe import STOPPING
 from reconciler.output import plural, render_drift, render_plan
 from reconciler.plan import Plan
 from reconciler.planfile import render_json, save_plan
@@ -77,6 +79,7 @@ class ReconcilerGroup(click.Group):
     def main(  # type: ignore[override]
         self, args: list[str] | None = None, prog_name: str | None = None
     ) -> None:
+        STOPPING.clear()
         try:
             code = super().main(args, prog_name, standalone_mode=False)
         except click.exceptions.Abort:
@@ -97,10 +100,22 @@ class ReconcilerGroup(click.Group):
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
-def check_not_a_manifest(out: Path, manifest: Manifest) -> None:
-    """Refuse to save a plan over one of the manifest files it was made from."""
-    if any(Path(path).resolve() == out.resolve() for path in manifest.paths):
-        raise ConfigError(f"--out {out} is a manifest file; choose another path")
+def manifest_facts(manifest: Manifest) -> dict[str, Any]:
+    """Collect what applying a saved plan needs to know of its manifest."""
+    return {
+        "managed_count": len(manifest.datasets),
+        "protect": [e.uid for e in manifest.datasets if e.protect is True],
+        "unprotect": [e.uid for e in manifest.datasets if e.protect is False],
+    }
+
+
+def check_not_a_manifest(out: Path, manifest: Manifest, state_file: Path) -> None:
+    """Refuse to save a plan over a manifest file or the state file."""
+    taken = [Path(path) for path in manifest.paths] + [state_file]
+    if any(path.resolve() == out.resolve() for path in taken):
+        raise ConfigError(
+            f"--out {out} is a manifest or the state file; choose another path"
+        )
 
 
 def report_error(error: ReconcilerError) -> None:
@@ -190,9 +205,15 @@ def plan(
     )
     echo_plan(the_plan, output_format, show_unchanged=show_unchanged)
     if out is not None:
-        check_not_a_manifest(out, target.manifest)
         state_file = state_path or default_state_path(manifest_files(manifests))
-        save_plan(the_plan, out, state_path=state_file, manifest_paths=manifests)
+        check_not_a_manifest(out, target.manifest, state_file)
+        save_plan(
+            the_plan,
+            out,
+            state_path=state_file,
+            manifest_paths=manifests,
+            manifest_facts=manifest_facts(target.manifest),
+        )
         click.echo(f"Plan saved to {out}", err=True)
     exit_if_unobservable(the_plan)
     if detailed_exitcode and the_plan.actions:

@@ -45,10 +45,12 @@ from reconciler.manifest import load_manifests, manifest_files
 from reconciler.observe import plan_manifest
 from reconciler.output import render_plan, render_results
 from reconciler.plan import (
+    BUSY,
     NOT_FOUND,
     PROTECTED,
     PROTECTED_NOTE,
     UNPUBLISH,
+    UNPUBLISHED,
     UNREADABLE,
     Plan,
 )
@@ -75,15 +77,29 @@ class ApplyOptions:
     allow_unpublish: int
 
 
-def check_unpublish_guard(plan: Plan, managed: int, allowed: int) -> None:
-    """Refuse a plan that unpublishes many datasets unless the user allowed it."""
+def check_unpublish_guard(
+    plan: Plan, managed: int, allowed: int, on_busy: str = "skip"
+) -> None:
+    """Refuse a plan that unpublishes many datasets unless the user allowed it.
+
+    Under --on-busy wait or abort, a busy dataset that must end unpublished
+    counts too: apply may unpublish it once it settles.
+    """
     count = sum(1 for item in plan.items if item.kind == UNPUBLISH)
+    if on_busy != "skip":
+        count += sum(
+            1
+            for item in plan.items
+            if item.kind == BUSY
+            and item.desired == UNPUBLISHED
+            and item.heading != UNPUBLISHED
+        )
     if count <= allowed:
         return
     if count > UNPUBLISH_LIMIT or count > UNPUBLISH_SHARE * managed:
         raise GuardError(
             f"the plan unpublishes {count} of {managed} managed datasets, more than "
-            f"{UNPUBLISH_LIMIT} or {UNPUBLISH_SHARE:.0%}; review the plan above, then "
+            f"{UNPUBLISH_LIMIT} or {UNPUBLISH_SHARE:.0%}; review the plan, then "
             f"run again with --allow-unpublish {count}"
         )
 
@@ -213,7 +229,9 @@ def apply_command(
         color = use_color()
         click.echo(render_plan(the_plan, show_unchanged=show_unchanged, color=color))
         click.echo()
-        check_unpublish_guard(the_plan, len(manifest.datasets), allow_unpublish)
+        check_unpublish_guard(
+            the_plan, len(manifest.datasets), allow_unpublish, on_busy
+        )
         if not dry_run:
             state.remember_protections(manifest)
         code = run_apply(the_plan, target.client, state, options)
@@ -241,10 +259,17 @@ def apply_saved(
         raise ConfigError(f"{path}: the plan names no state file; give --state")
     check_manifest_unchanged(path, body)
     click.echo(f"Applying the plan saved in {path} ({the_plan.summary()})\n")
-    check_unpublish_guard(the_plan, len(the_plan.items), options.allow_unpublish)
+    check_unpublish_guard(
+        the_plan, managed_count(body), options.allow_unpublish, options.on_busy
+    )
     with StateLock(path_of_state, "apply") if not options.dry_run else _no_lock():
         state = StateFile.load(path_of_state, client.domain)
-        the_plan = protect_items(the_plan, state.protected)
+        if not options.dry_run:
+            state.change_protections(body.get("protect", []), body.get("unprotect", []))
+        protected = (state.protected | set(body.get("protect", []))) - set(
+            body.get("unprotect", [])
+        )
+        the_plan = protect_items(the_plan, protected)
         return run_apply(the_plan, client, state, options, plan_id=body["plan_id"])
 
 
@@ -267,18 +292,24 @@ def check_manifest_unchanged(path: Path, body: dict[str, Any]) -> None:
         )
 
 
+def managed_count(body: dict[str, Any]) -> int:
+    """Return the number of datasets the plan's manifest declares."""
+    count = body.get("managed_count")
+    return count if isinstance(count, int) else len(body["items"])
+
+
 def protect_items(plan: Plan, protected: set[str]) -> Plan:
     """Turn the unpublishes of protected datasets into protected items.
 
     A plan saved before the state file recorded a protection must not undo it.
     """
-    items = tuple(
-        replace(item, kind=PROTECTED, reason=PROTECTED_NOTE)
-        if item.kind == UNPUBLISH and item.uid in protected
-        else item
-        for item in plan.items
-    )
-    return replace(plan, items=items)
+    items = []
+    for item in plan.items:
+        if item.kind == UNPUBLISH and item.uid in protected:
+            click.echo(f"{item.uid}: protected, so the plan's unpublish is not sent")
+            item = replace(item, kind=PROTECTED, reason=PROTECTED_NOTE)
+        items.append(item)
+    return replace(plan, items=tuple(items))
 
 
 def run_apply(
@@ -291,7 +322,12 @@ def run_apply(
     """Apply a plan, print the results, record the run; return the exit code."""
     if not options.dry_run:
         state.begin_run("apply", the_plan.manifest_digest, dry_run=False)
-    progress = Progress(len(the_plan.actions))
+    busy = sum(
+        1
+        for item in the_plan.items
+        if item.kind == BUSY and item.heading != item.desired
+    )
+    progress = Progress(len(the_plan.actions) + busy)
     handler = busy_handler(options.on_busy, client, state, timeout=options.timeout)
     try:
         results = apply_plan(
@@ -312,7 +348,13 @@ def run_apply(
         progress.close()
     if options.wait and not options.dry_run:
         desired = {item.uid: item.desired for item in the_plan.items}
-        results = follow_jobs(client, state, results, desired, timeout=options.timeout)
+        try:
+            results = follow_jobs(
+                client, state, results, desired, timeout=options.timeout
+            )
+        except KeyboardInterrupt:
+            state.finish_run("interrupted")
+            raise
     click.echo(render_results(results, client.domain, dry_run=options.dry_run))
     code = apply_exit_code(the_plan, results)
     if not options.dry_run:

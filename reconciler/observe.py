@@ -10,6 +10,7 @@ failed (the listing carries no error message).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -50,6 +51,11 @@ def parallel_map(
         return list(pool.map(function, values))
 
 
+# Set when the run is interrupted: tasks still running stop waiting and send
+# no new request.
+STOPPING = threading.Event()
+
+
 @contextmanager
 def worker_pool(parallelism: int) -> Iterator[ThreadPoolExecutor]:
     """Run work on threads; on an exception or interrupt, drop the queued work.
@@ -61,10 +67,28 @@ def worker_pool(parallelism: int) -> Iterator[ThreadPoolExecutor]:
     pool = ThreadPoolExecutor(max_workers=parallelism)
     try:
         yield pool
+    except KeyboardInterrupt:
+        STOPPING.set()
+        _shut_down_despite_signals(pool)
+        raise
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+def _shut_down_despite_signals(pool: ThreadPoolExecutor) -> None:
+    """Wait for the running tasks, even through further Ctrl-C or SIGTERM.
+
+    Returning earlier would release the state file's lock while a task may
+    still write to the file.
+    """
+    while True:
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def observe(

@@ -37,8 +37,13 @@ def plan_to_dict(
     *,
     state_path: Path | None = None,
     manifest_paths: Sequence[str] = (),
+    manifest_facts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Describe the plan in the versioned JSON format of plan.schema.json."""
+    """Describe the plan in the versioned JSON format of plan.schema.json.
+
+    `manifest_facts` adds what a saved plan needs of its manifest: the number
+    of datasets it declares and the uids it protects or unprotects.
+    """
     counts = plan.counts()
     body: dict[str, Any] = {
         "plan_version": PLAN_VERSION,
@@ -66,6 +71,7 @@ def plan_to_dict(
             for d in plan.unmanaged
         ],
     }
+    body.update(manifest_facts or {})
     body["plan_id"] = plan_id(body)
     return body
 
@@ -87,10 +93,20 @@ def render_json(plan: Plan) -> str:
 
 
 def save_plan(
-    plan: Plan, path: Path, *, state_path: Path | None, manifest_paths: Sequence[str]
+    plan: Plan,
+    path: Path,
+    *,
+    state_path: Path | None,
+    manifest_paths: Sequence[str],
+    manifest_facts: dict[str, Any],
 ) -> None:
     """Write the plan for a later apply, atomically."""
-    body = plan_to_dict(plan, state_path=state_path, manifest_paths=manifest_paths)
+    body = plan_to_dict(
+        plan,
+        state_path=state_path,
+        manifest_paths=manifest_paths,
+        manifest_facts=manifest_facts,
+    )
     try:
         write_atomic(path, json.dumps(body, indent=2) + "\n")
     except OSError as error:

@@ -117,6 +117,12 @@ class StateFile:
         }
         return History(frozenset(protected), last_actions)
 
+    def change_protections(self, protect: list[str], unprotect: list[str]) -> None:
+        """Add and lift protections, as a saved plan's manifest sets them."""
+        protected = (self.protected | set(protect)) - set(unprotect)
+        with self._lock:
+            self.data["protected"] = sorted(protected)
+
     def remember_protections(self, manifest: Manifest) -> None:
         """Store the protections in force so that removing an entry keeps them."""
         protected = sorted(self.known(manifest).protected)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from reconciler.client import Client
 from reconciler.errors import ApiError
-from reconciler.observe import from_listing, parallel_map, read_status
+from reconciler.observe import STOPPING, from_listing, parallel_map, read_status
 from reconciler.plan import FAILED_STATUSES, SETTLED_STATUSES, ObservedDataset
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ def wait_until_settled(
         if not pending or remaining <= 0:
             break
         log.info("%d datasets still busy; next check in %.1fs", len(pending), interval)
-        time.sleep(min(interval, remaining))
+        if STOPPING.wait(min(interval, remaining)):
+            break
         interval = min(interval * INTERVAL_FACTOR, MAX_INTERVAL)
     return Settled(settled, frozenset(pending))
 

@@ -445,7 +445,7 @@ def test_apply_unpublish_guard_refuses(
     assert result.exit_code == 1
     assert result.stderr == (
         f"Error: the plan unpublishes {unpublished} of {managed} managed datasets, "
-        "more than 10 or 25%; review the plan above, then run again with "
+        "more than 10 or 25%; review the plan, then run again with "
         f"--allow-unpublish {unpublished}\n"
     )
     assert writes(simulator) == 0
@@ -608,7 +608,16 @@ def test_on_busy_wait_then_unpublishes(
 ) -> None:
     simulator = start_simulator([REPUBLISHING])
     manifest = busy_manifest(tmp_path, simulator)
-    result = run_cli("apply", "--on-busy", "wait", "--timeout", "5", str(manifest))
+    result = run_cli(
+        "apply",
+        "--allow-unpublish",
+        "1",
+        "--on-busy",
+        "wait",
+        "--timeout",
+        "5",
+        str(manifest),
+    )
 
     assert result.exit_code == 0, result.output
     assert re.search(rf"^  unpublish  da_busy01: job {JOB_ID}\b", result.stdout, re.M)
@@ -624,7 +633,12 @@ def test_on_busy_abort_then_unpublishes(
     )
     simulator = start_simulator([republishing_long])
     result = run_cli(
-        "apply", "--on-busy", "abort", str(busy_manifest(tmp_path, simulator))
+        "apply",
+        "--allow-unpublish",
+        "1",
+        "--on-busy",
+        "abort",
+        str(busy_manifest(tmp_path, simulator)),
     )
 
     assert result.exit_code == 0, result.output
@@ -646,7 +660,16 @@ def test_on_busy_wait_times_out_on_unknown_heading(
     )
     simulator = start_simulator([queued])
     manifest = busy_manifest(tmp_path, simulator)
-    result = run_cli("apply", "--on-busy", "wait", "--timeout", "0.2", str(manifest))
+    result = run_cli(
+        "apply",
+        "--allow-unpublish",
+        "1",
+        "--on-busy",
+        "wait",
+        "--timeout",
+        "0.2",
+        str(manifest),
+    )
 
     assert result.exit_code == 3, result.output
     assert re.search(
@@ -919,3 +942,40 @@ def test_secrets_basic_header_echo_masked(tmp_path: Path, echo_server: str) -> N
     )
     assert "HTTP 400: credentials" in output
     assert BASIC_TOKEN not in output + written_files(tmp_path)
+
+
+def test_on_busy_wait_never_unpublishes_protected(
+    tmp_path: Path, start_simulator: StartSimulator, run_cli: RunCli
+) -> None:
+    simulator = start_simulator([REPUBLISHING])
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        f"version: 1\ndomain: {simulator.url}\ndatasets:\n"
+        "  - uid: da_busy01\n    state: unpublished\n    protect: true\n"
+    )
+    for policy in ("wait", "abort"):
+        result = run_cli(
+            "apply",
+            "--allow-unpublish",
+            "1",
+            "--on-busy",
+            policy,
+            "--timeout",
+            "5",
+            str(manifest),
+        )
+        assert result.exit_code in (0, 3), result.output
+        assert "protected" in result.stdout
+    assert simulator.stats()["jobs"] == []
+
+
+def test_on_busy_wait_counts_for_the_guard(
+    tmp_path: Path, start_simulator: StartSimulator, run_cli: RunCli
+) -> None:
+    simulator = start_simulator([REPUBLISHING])
+    result = run_cli(
+        "apply", "--on-busy", "wait", str(busy_manifest(tmp_path, simulator))
+    )
+    assert result.exit_code == 1
+    assert "--allow-unpublish 1" in result.stderr
+    assert simulator.stats()["jobs"] == []
