@@ -56,7 +56,11 @@ from reconciler.plan import (
 )
 from reconciler.planfile import is_saved_plan, load_plan
 from reconciler.progress import Progress
-from reconciler.state import StateFile, default_state_path
+from reconciler.state import (
+    StateFile,
+    default_state_path,
+    remove_leftover_temporary_files,
+)
 
 # Apply refuses a plan that unpublishes more than this many datasets, or more
 # than this share of the managed ones, unless --allow-unpublish allows it.
@@ -217,6 +221,8 @@ def apply_command(
     manifest = target.manifest
     path = state_path or default_state_path(manifest_files(sources))
     with StateLock(path, "apply") if not dry_run else _no_lock():
+        if not dry_run:
+            remove_leftover_temporary_files(path)
         state = StateFile.load(path, target.client.domain)
         the_plan = plan_manifest(
             target.client,
@@ -263,6 +269,8 @@ def apply_saved(
         the_plan, managed_count(body), options.allow_unpublish, options.on_busy
     )
     with StateLock(path_of_state, "apply") if not options.dry_run else _no_lock():
+        if not options.dry_run:
+            remove_leftover_temporary_files(path_of_state)
         state = StateFile.load(path_of_state, client.domain)
         if not options.dry_run:
             state.change_protections(body.get("protect", []), body.get("unprotect", []))

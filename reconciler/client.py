@@ -92,6 +92,9 @@ def _secret_from(environ: Mapping[str, str], name: str) -> str | None:
     value = environ.get(name, "").strip()
     if any(ord(character) < 32 or ord(character) == 127 for character in value):
         raise ConfigError(f"{name} contains a control character; set it again")
+    if any(ord(character) > 255 for character in value):
+        # HTTP headers carry Latin-1 only; requests would fail with a traceback.
+        raise ConfigError(f"{name} contains a character HTTP headers cannot carry")
     return value or None
 
 
@@ -190,20 +193,43 @@ class Client:
         """
         items, page_size, total = _listing_page(self._list_page(1))
         yield from items
-        if len(items) < page_size:
-            return
         if total is not None:
+            if len(items) < page_size:
+                return
             last_page = math.ceil(total / page_size)
             with ThreadPoolExecutor(max_workers=self.pool_size) as pool:
                 for body in pool.map(self._list_page, range(2, last_page + 1)):
                     yield from _listing_page(body)[0]
             return
+        yield from self._list_following_pages(items, page_size)
+
+    def _list_following_pages(
+        self, first: list[dict[str, Any]], page_size: int
+    ) -> Iterator[dict[str, Any]]:
+        """Read pages 2 and later one by one, until a short or empty page.
+
+        A bare array does not say the page size the server used, so a short
+        first page may be a server-side cap rather than the end: page 2 is
+        read to tell, and if it has items, the first page's size is the cap.
+        """
+        if not first:
+            return
+        page_size = min(page_size, len(first))
         page = 2
+        previous = [item.get("dataset_uid") for item in first]
         while True:
-            items, page_size, _ = _listing_page(self._list_page(page))
+            items = _listing_page(self._list_page(page))[0]
+            uids = [item.get("dataset_uid") for item in items]
+            if uids and uids == previous:
+                # A server that ignores `page` would be read forever.
+                log.warning(
+                    "GET /datasets: page %d repeats page %d; stopping", page, page - 1
+                )
+                return
             yield from items
             if len(items) < page_size:
                 return
+            previous = uids
             page += 1
 
     def _list_page(self, page: int) -> Any:

@@ -139,4 +139,7 @@ def cell(text: str | None) -> str:
     """Escape a value for a Markdown table cell."""
     if not text:
         return ""
-    return text.replace("|", "\\|").replace("\n", " ")
+    # Portal text is data: it must not end the row, the table, or open an HTML
+    # comment that would hide the rest of a pull-request comment.
+    text = " ".join(text.split())
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")

@@ -351,6 +351,16 @@ def write_atomic(path: Path, text: str, *, backup: bool = False) -> None:
         raise
 
 
+def remove_leftover_temporary_files(path: Path) -> None:
+    """Remove the temporary files of writes that a killed run left behind.
+
+    Call it only while holding the state file's lock: another run's write in
+    progress uses such a file.
+    """
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def _keep_backup(path: Path) -> None:
     """Keep the current version as path.bak, by a hard link where possible."""
     if not path.exists():

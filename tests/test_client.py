@@ -125,10 +125,34 @@ def test_list_datasets_pages_envelope(
 def test_list_datasets_accepts_bare_array(
     mock: responses.RequestsMock, client: Client
 ) -> None:
-    mock.get(
-        f"{BASE}/datasets", json=[{"dataset_uid": "da_a"}, {"dataset_uid": "da_b"}]
-    )
+    pages = {1: [{"dataset_uid": "da_a"}, {"dataset_uid": "da_b"}], 2: []}
+    for page, items in pages.items():
+        mock.get(
+            f"{BASE}/datasets",
+            json=items,
+            match=[matchers.query_param_matcher({"rows": "100", "page": str(page)})],
+        )
     assert [i["dataset_uid"] for i in client.list_datasets()] == ["da_a", "da_b"]
+
+
+def test_list_datasets_bare_array_follows_server_cap(
+    mock: responses.RequestsMock, client: Client
+) -> None:
+    for page, count in ((1, 37), (2, 37), (3, 5)):
+        items = [{"dataset_uid": f"da_{page}{i:02d}"} for i in range(count)]
+        mock.get(
+            f"{BASE}/datasets",
+            json=items,
+            match=[matchers.query_param_matcher({"rows": "100", "page": str(page)})],
+        )
+    assert len(list(client.list_datasets())) == 79
+
+
+def test_list_datasets_stops_when_server_ignores_page(
+    mock: responses.RequestsMock, client: Client
+) -> None:
+    mock.get(f"{BASE}/datasets", json=[{"dataset_uid": "da_a"}])
+    assert [i["dataset_uid"] for i in client.list_datasets()] == ["da_a"]
 
 
 def test_list_datasets_stops_at_nhits(

@@ -8,7 +8,12 @@ import pytest
 
 from reconciler.errors import StateError
 from reconciler.schemas import load_schema
-from reconciler.state import StateFile, default_state_path, serialize
+from reconciler.state import (
+    StateFile,
+    default_state_path,
+    remove_leftover_temporary_files,
+    serialize,
+)
 
 DOMAIN = "portal.example.invalid"
 
@@ -128,3 +133,14 @@ def test_state_cached_lines_match_fresh_encoding(tmp_path: Path) -> None:
         "name": "queued",
         "published": False,
     }
+
+
+def test_leftover_temporary_files_removed(tmp_path: Path) -> None:
+    path = tmp_path / "s.state.json"
+    leftover = tmp_path / ".s.state.json.abc123.tmp"
+    leftover.write_text("{")
+    other = tmp_path / ".other.json.abc123.tmp"
+    other.write_text("{")
+    remove_leftover_temporary_files(path)
+    assert not leftover.exists()
+    assert other.exists()
