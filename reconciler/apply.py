@@ -120,7 +120,7 @@ def act(
 
 
 def skip_busy(item: PlanItem) -> ActionResult:
-    """Leave a busy dataset alone and say so."""
+    """Leave a busy dataset alone and report it as skipped."""
     return ActionResult(item.uid, "none", SKIPPED, detail=f"busy: {item.reason}")
 
 
@@ -194,7 +194,7 @@ def send_action(
 
 
 def action_taken(client: Client, item: PlanItem) -> bool | None:
-    """Tell whether the portal took an action whose answer was lost; None if unknown."""
+    """Tell whether the portal took an action whose response was lost, if known."""
     observation = read_status(client, item.uid, None)
     if not isinstance(observation, ObservedDataset):
         return None

@@ -208,9 +208,9 @@ class Client:
     ) -> Iterator[dict[str, Any]]:
         """Read pages 2 and later one by one, until a short or empty page.
 
-        A bare array does not say the page size the server used, so a short
-        first page may be a server-side cap rather than the end: page 2 is
-        read to tell, and if it has items, the first page's size is the cap.
+        A bare array does not give the page size the server used, so a short
+        first page may be a server-side cap rather than the end. Page 2 is read
+        to tell: if it has items, the first page's size is the cap.
         """
         if not first:
             return
@@ -290,8 +290,8 @@ class Client:
     ) -> Any:
         """Send a GET, retrying on connection errors, timeouts, 429 and 5xx.
 
-        429 answers have their own, larger budget: the portal asks to wait, not
-        to give up, and the throttle has already slowed the whole run down.
+        429 responses have their own, larger budget, because the portal asks to
+        wait, not to give up, and the throttle has already slowed the run down.
         """
         failures = throttled = 0
         while True:
@@ -326,7 +326,7 @@ class Client:
             return response.json()
         except ValueError as error:
             raise ApiError(
-                f"GET {path}: HTTP {response.status_code} answered with invalid JSON"
+                f"GET {path}: HTTP {response.status_code} returned invalid JSON"
             ) from error
 
     def _send(

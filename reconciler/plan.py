@@ -59,7 +59,7 @@ class DesiredDataset:
 
 @dataclass(frozen=True)
 class ObservedDataset:
-    """What the portal reports for one dataset."""
+    """The state the portal reports for one dataset."""
 
     uid: str
     published: bool
@@ -306,7 +306,7 @@ def _busy_verdict(
 
 
 def _heading(status: str, published: bool) -> str | None:
-    """Guess the state a busy dataset will reach, or None when it cannot be told."""
+    """Guess the state a busy dataset will reach, or None when it is unknown."""
     if status == "processing":
         return PUBLISHED
     if status == "deleting":
