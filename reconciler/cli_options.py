@@ -175,9 +175,6 @@ state_option = click.option(
 )
 
 
-def has_unobservable(plan: Plan) -> bool:
-    """Tell whether a dataset of the plan is missing or unreadable."""
-    return any(item.kind in (NOT_FOUND, UNREADABLE) for item in plan.items)
 
 
 def use_color() -> bool:
