@@ -175,8 +175,6 @@ state_option = click.option(
 )
 
 
-
-
 def use_color() -> bool:
     """Colour text output on a terminal, unless NO_COLOR is set."""
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
