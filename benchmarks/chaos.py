@@ -1,7 +1,7 @@
 """Kill an apply half way under faults, then count what the next runs repair.
 
-A simulator in its own process serves N generated datasets, answers a share of
-requests with 503 (without acting) and another share with 429, and adds
+A simulator in its own process serves N generated datasets, responds to a share
+of requests with 503 (without acting) and another share with 429, and adds
 latency. The manifest flips every dataset, so apply has N actions to take.
 The first apply is killed with SIGKILL half way; its lock is removed with
 force-unlock; then apply runs again until a plan shows no change, at most
@@ -185,7 +185,8 @@ def main() -> None:
     lost = [job for job in jobs if job["job_id"] not in recorded]
     figures["lost_job_ids"] = len(lost)
     # A job whose record is still "pending" was in flight when the process was
-    # killed: the portal answered, but nobody was left to write the answer down.
+    # killed: the portal responded, but the process was gone before it could
+    # record the job id.
     figures["lost_in_flight_at_kill"] = sum(
         1
         for job in lost

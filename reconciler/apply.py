@@ -163,7 +163,7 @@ def send_action(
     send = client.publish if item.kind == PUBLISH else client.unpublish
     last_error = ""
     # NOTE: a request that timed out on our side may still reach the portal
-    # after the status read below; only an idempotency key could rule out the
+    # after the status read below. Only an idempotency key could rule out the
     # second job then, and the Management API offers none.
     for _ in range(WRITE_ATTEMPTS):
         try:

@@ -249,6 +249,32 @@ def apply_saved(
 ) -> int:
     """Apply a saved plan to the portal it was made for; return the exit code."""
     the_plan, body = load_plan(path)
+    client = saved_plan_client(path, the_plan, domain, options.parallelism)
+    recorded = body.get("state_path")
+    path_of_state = state_path or (Path(recorded) if recorded else None)
+    if path_of_state is None:
+        raise ConfigError(f"{path}: the plan names no state file; give --state")
+
+    check_manifest_unchanged(path, body)
+    click.echo(f"Applying the plan saved in {path} ({the_plan.summary()})\n")
+    check_unpublish_guard(
+        the_plan, managed_count(body), options.allow_unpublish, options.on_busy
+    )
+
+    with StateLock(path_of_state, "apply") if not options.dry_run else _no_lock():
+        if not options.dry_run:
+            remove_leftover_temporary_files(path_of_state)
+        state = StateFile.load(path_of_state, client.domain)
+        # A dry run never saves the state, so the change stays in memory.
+        state.change_protections(body.get("protect", []), body.get("unprotect", []))
+        the_plan = protect_items(the_plan, state.protected)
+        return run_apply(the_plan, client, state, options, plan_id=body["plan_id"])
+
+
+def saved_plan_client(
+    path: Path, the_plan: Plan, domain: str | None, parallelism: int
+) -> Client:
+    """Connect to the portal a saved plan was made for, checking --domain."""
     if the_plan.base_url is None:
         raise ConfigError(f"{path}: the plan names no portal; make a new plan")
     # The same checks as for a manifest's domain: HTTPS unless loopback.
@@ -258,27 +284,7 @@ def apply_saved(
         raise ConfigError(
             f"{path}: the plan was made for {the_plan.base_url}, not {base_url}"
         )
-    client = Client(base_url, Credentials.from_env(), pool_size=options.parallelism)
-    recorded = body.get("state_path")
-    path_of_state = state_path or (Path(recorded) if recorded else None)
-    if path_of_state is None:
-        raise ConfigError(f"{path}: the plan names no state file; give --state")
-    check_manifest_unchanged(path, body)
-    click.echo(f"Applying the plan saved in {path} ({the_plan.summary()})\n")
-    check_unpublish_guard(
-        the_plan, managed_count(body), options.allow_unpublish, options.on_busy
-    )
-    with StateLock(path_of_state, "apply") if not options.dry_run else _no_lock():
-        if not options.dry_run:
-            remove_leftover_temporary_files(path_of_state)
-        state = StateFile.load(path_of_state, client.domain)
-        if not options.dry_run:
-            state.change_protections(body.get("protect", []), body.get("unprotect", []))
-        protected = (state.protected | set(body.get("protect", []))) - set(
-            body.get("unprotect", [])
-        )
-        the_plan = protect_items(the_plan, protected)
-        return run_apply(the_plan, client, state, options, plan_id=body["plan_id"])
+    return Client(base_url, Credentials.from_env(), pool_size=parallelism)
 
 
 def check_manifest_unchanged(path: Path, body: dict[str, Any]) -> None:

@@ -123,7 +123,7 @@ def read_plan(
     report_unmanaged: bool,
     expand_user: bool = False,
 ) -> Plan:
-    """Plan the target's manifest, read-only, with what the state file knows."""
+    """Plan the target's manifest, read-only, with the state file's history."""
     the_plan = plan_manifest(
         target.client,
         target.manifest,

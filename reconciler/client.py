@@ -188,8 +188,8 @@ class Client:
         """Yield every dataset the credentials may edit, a page of 100 at a time.
 
         When the first page gives the total (nhits), the other pages are read
-        concurrently, up to the pool size; otherwise one after the other until
-        a short page.
+        concurrently, up to the pool size. Otherwise they are read one after
+        the other until a short page.
         """
         items, page_size, total = _listing_page(self._list_page(1))
         yield from items
@@ -290,8 +290,8 @@ class Client:
     ) -> Any:
         """Send a GET, retrying on connection errors, timeouts, 429 and 5xx.
 
-        429 responses have their own, larger budget, because the portal asks to
-        wait, not to give up, and the throttle has already slowed the run down.
+        429 responses have their own, larger budget, because a 429 requests a
+        wait, not giving up, and the throttle has already slowed the run down.
         """
         failures = throttled = 0
         while True:

@@ -20,10 +20,10 @@ class ConfigError(ReconcilerError):
 
 
 class ApiError(ReconcilerError):
-    """A request to the Management API failed or returned an unusable answer.
+    """A request to the Management API failed or returned an unusable response.
 
     `ambiguous` is true when the portal may have acted although the request
-    failed: a timeout, a dropped connection or a 5xx answer.
+    failed: a timeout, a dropped connection or a 5xx response.
     """
 
     def __init__(

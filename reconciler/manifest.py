@@ -251,7 +251,7 @@ def _boolean_spelling_problems(file: ManifestFile) -> list[Problem]:
     """Reject yes, no, on, off and the like where a boolean is expected.
 
     YAML 1.1 reads them as booleans and YAML 1.2 as strings, so a reader of the
-    file cannot be sure which was meant; true and false mean the same to both.
+    file cannot be sure which was meant. true and false mean the same to both.
     """
     problems = []
     for parts, text in file.typed_scalars.items():

@@ -223,7 +223,7 @@ def desired_datasets(
     select: Callable[[str], bool] | None = None,
     known: History | None = None,
 ) -> list[DesiredDataset]:
-    """List what the manifest asks, with the protections and actions under way."""
+    """List the manifest's desired states, with protections and actions under way."""
     known = known or History()
     with paused_gc():
         return [

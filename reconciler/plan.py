@@ -43,7 +43,7 @@ PROTECTED_NOTE = (
 
 @dataclass(frozen=True)
 class DesiredDataset:
-    """What the manifest asks for one dataset, and what this tool last did to it.
+    """The state the manifest requests for one dataset, and this tool's last action.
 
     `protected` datasets are never unpublished. `last_action` is the action the
     state file records as submitted and not yet seen to finish; it tells where

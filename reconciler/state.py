@@ -259,7 +259,7 @@ def serialize(data: dict[str, Any], lines: dict[str, str] | None = None) -> str:
 
     One record a line keeps diffs of a committed state file readable. `lines`
     caches the line of each dataset record, so that a save re-encodes only the
-    records changed since the last one; the caller removes a changed record's
+    records changed since the last one. The caller removes a changed record's
     line.
     """
     lines = {} if lines is None else lines
